@@ -1,0 +1,78 @@
+"""The poolcli command line: a thin typer layer over the library.
+
+``main()`` turns every failure into a one-line message and an exit code (0 ok, 1 failure while
+running, 2 bad usage or input, 130 interrupted); ``--debug`` (anywhere on the line, or
+POOLCLI_DEBUG=1) shows the traceback instead.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+import typer
+
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, PoolcliError
+from . import common
+
+app = typer.Typer(
+    name="poolcli",
+    help="Find, fit, swap and evaluate pooling in pretrained CNNs.\n\n"
+         "Example: poolcli inspect fixtures/digits-cnn.safetensors",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or human tables on stderr."),
+    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
+) -> None:
+    common.STATE["quiet"] = common.STATE["quiet"] or quiet
+    common.STATE["debug"] = common.STATE["debug"] or debug
+
+
+def _register() -> None:
+    from . import evaluate_cmd, inspect_cmd  # noqa: F401  (each module adds its command to `app`)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    common.STATE["debug"] = "--debug" in argv or os.environ.get("POOLCLI_DEBUG", "") not in ("", "0")
+    common.STATE["quiet"] = "--quiet" in argv or "-q" in argv[:1]
+    argv = [a for a in argv if a != "--debug"]
+    _register()
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="poolcli", standalone_mode=False)
+        return rv if isinstance(rv, int) else EXIT_OK
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        common.console().print("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # the reader went away (e.g. `| head`); not an error
+        return EXIT_OK
+    except PoolcliError as e:
+        if common.STATE["debug"]:
+            traceback.print_exc()
+        common.console().print(f"[red]error:[/red] {e}", soft_wrap=True)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if common.STATE["debug"]:
+            traceback.print_exc()
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        common.console().print(f"[red]error:[/red] {type(e).__name__}: {msg} (rerun with --debug for the traceback)", soft_wrap=True)
+        return EXIT_FAILURE
+
+
+def run() -> None:
+    sys.exit(main())

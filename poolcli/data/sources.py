@@ -1,0 +1,169 @@
+"""Readers for each on-disk dataset format. Each returns a :class:`RawDataset`.
+
+Nothing is downloaded and nothing is unpickled with code execution: CIFAR's pickled batches are
+read with an unpickler that only admits the few numpy/builtin names the format needs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import BadInputError
+
+
+@dataclasses.dataclass
+class RawDataset:
+    """Labels known up front (needed for per-class caps and scatter weights); images on demand."""
+
+    labels: torch.Tensor  # int64 [N]
+    classes: list[str]
+    get_image: Callable[[int], torch.Tensor]  # index -> uint8/float [C,H,W]
+    description: str
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+def _tensor_source(images: torch.Tensor, labels: torch.Tensor, classes: list[str], description: str) -> RawDataset:
+    return RawDataset(labels=labels.long(), classes=classes, get_image=lambda i: images[i], description=description)
+
+
+# ---------------------------------------------------------------- digits (scikit-learn, offline)
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+def digits_split_indices() -> dict[str, np.ndarray]:
+    """The fixed stratified 80/20 split of scikit-learn's 1797 digits (1437 train / 360 test)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    y = load_digits().target
+    idx = np.arange(len(y))
+    train, test = train_test_split(idx, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=y)
+    return {"train": np.sort(train), "test": np.sort(test), "all": idx}
+
+
+def load_digits_source(split: str) -> RawDataset:
+    from sklearn.datasets import load_digits
+
+    splits = digits_split_indices()
+    if split not in splits:
+        raise BadInputError(f"digits has splits {', '.join(splits)}, not '{split}'")
+    d = load_digits()
+    idx = splits[split]
+    images = torch.from_numpy(d.images[idx].astype(np.float32) / 16.0).unsqueeze(1)  # [N,1,8,8] in [0,1]
+    labels = torch.from_numpy(d.target[idx].astype(np.int64))
+    return _tensor_source(images, labels, [str(i) for i in range(10)], f"digits:{split} (scikit-learn, {len(idx)} images)")
+
+
+# ---------------------------------------------------------------- CIFAR-10/100 (python pickles)
+class _RestrictedUnpickler(pickle.Unpickler):
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("builtins", "bytes"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+
+
+def safe_unpickle(path: Path) -> Any:
+    try:
+        return _RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise BadInputError(f"refusing to load {path}: {e}; it is not a plain CIFAR batch file") from None
+    except (EOFError, ValueError, OSError) as e:
+        raise BadInputError(f"{path} is truncated or corrupt ({e}); re-extract the dataset archive") from None
+
+
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta", "label_names", "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_label_names", "fine_labels"),
+}
+
+
+def load_cifar_source(kind: str, root: Path, split: str) -> RawDataset:
+    folder, train_files, test_files, meta_file, names_key, labels_key = _CIFAR[kind]
+    base = root / folder if (root / folder).is_dir() else root
+    if split not in ("train", "test"):
+        raise BadInputError(f"{kind} has splits train, test, not '{split}'")
+    files = train_files if split == "train" else test_files
+    missing = [f for f in files + [meta_file] if not (base / f).is_file()]
+    if missing:
+        raise BadInputError(f"{kind} files not found under {root}: {', '.join(missing)}; point {kind}:PATH at the folder holding '{folder}' (torchvision's layout; nothing is downloaded)")
+    datas, labels = [], []
+    for f in files:
+        entry = safe_unpickle(base / f)
+        datas.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(entry[labels_key])
+    classes = [str(c) for c in safe_unpickle(base / meta_file)[names_key]]
+    images = torch.from_numpy(np.concatenate(datas))
+    return _tensor_source(images, torch.tensor(labels), classes, f"{kind}:{root}:{split} ({len(labels)} images)")
+
+
+# ---------------------------------------------------------------- SVHN (.mat, read with scipy)
+def load_svhn_source(root: Path, split: str) -> RawDataset:
+    import scipy.io
+
+    if split not in ("train", "test", "extra"):
+        raise BadInputError(f"svhn has splits train, test, extra, not '{split}'")
+    path = root / f"{split}_32x32.mat"
+    if not path.is_file():
+        raise BadInputError(f"svhn file not found: {path}; point svhn:PATH at the folder holding {split}_32x32.mat (nothing is downloaded)")
+    try:
+        mat = scipy.io.loadmat(str(path))
+        x, y = mat["X"], mat["y"]
+    except Exception as e:  # scipy raises several types for corrupt files
+        raise BadInputError(f"{path} is not a readable SVHN .mat file ({str(e)[:120]}); re-download it") from None
+    images = torch.from_numpy(np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1))).astype(np.uint8))
+    labels = torch.from_numpy(y.astype(np.int64).reshape(-1) % 10)  # SVHN stores digit 0 as 10
+    return _tensor_source(images, labels, [str(i) for i in range(10)], f"svhn:{root}:{split} ({len(labels)} images)")
+
+
+# ---------------------------------------------------------------- image folders
+def load_folder_source(root: Path, split: str | None) -> RawDataset:
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor
+
+    folder = root / split if split and (root / split).is_dir() else root
+    if not folder.is_dir():
+        raise BadInputError(f"image folder not found: {folder}; expected FOLDER/CLASS/IMAGE files")
+    try:
+        ds = ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise BadInputError(f"{folder} is not an image folder ({str(e).splitlines()[0][:140]}); expected FOLDER/CLASS/IMAGE files") from None
+
+    def get(i: int) -> torch.Tensor:
+        img, _ = ds[i]
+        return pil_to_tensor(img.convert("RGB"))
+
+    return RawDataset(labels=torch.tensor(ds.targets), classes=list(ds.classes), get_image=get,
+                      description=f"folder:{folder} ({len(ds)} images)")
+
+
+# ---------------------------------------------------------------- tensors (safetensors)
+def load_tensors_source(path: Path) -> RawDataset:
+    from ..io.tensorfile import read_tensors
+
+    tensors, meta = read_tensors(path)
+    if "images" not in tensors or "labels" not in tensors:
+        raise BadInputError(f"{path} must hold tensors 'images' [N,C,H,W] and 'labels' [N]; it has {', '.join(sorted(tensors)) or 'none'}")
+    images, labels = tensors["images"], tensors["labels"]
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+        raise BadInputError(f"{path}: images {list(images.shape)} and labels {list(labels.shape)} do not match; expected [N,C,H,W] and [N]")
+    n_cls = int(labels.max()) + 1 if labels.numel() else 0
+    classes = (meta or {}).get("classes") or [str(i) for i in range(n_cls)]
+    return _tensor_source(images, labels, classes, f"tensors:{path} ({labels.numel()} images)")

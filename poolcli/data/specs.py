@@ -1,0 +1,144 @@
+"""Dataset specs → torch Datasets.
+
+Grammar: ``digits[:SPLIT]``, ``folder:PATH[:SPLIT]``, ``cifar10:PATH[:SPLIT]``, ``cifar100:PATH[:SPLIT]``,
+``svhn:PATH[:SPLIT]``, ``tensors:FILE``. Subsets: ``classes`` ("0-4" or "1,3,7"), ``limit`` (first N after
+a seeded shuffle), ``max_per_class``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import BadInputError
+from .sources import (RawDataset, load_cifar_source, load_digits_source, load_folder_source, load_svhn_source,
+                      load_tensors_source)
+from .transforms import Preprocess
+
+KINDS = ("digits", "folder", "cifar10", "cifar100", "svhn", "tensors")
+SPLITS = ("train", "test", "val", "extra", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    kind: str
+    path: str | None
+    split: str | None
+
+    def __str__(self) -> str:
+        return ":".join(p for p in (self.kind, self.path, self.split) if p)
+
+
+def parse_data_spec(text: str) -> DataSpec:
+    kind, _, rest = text.partition(":")
+    if kind not in KINDS:
+        raise BadInputError(f"unknown dataset '{text}': use one of digits, folder:PATH, cifar10:PATH, cifar100:PATH, svhn:PATH, tensors:FILE")
+    split = None
+    if kind == "digits":
+        return DataSpec(kind, None, rest or None)
+    head, sep, tail = rest.rpartition(":")
+    if sep and tail in SPLITS:
+        rest, split = head, tail
+    if not rest:
+        raise BadInputError(f"dataset '{text}' needs a path: {kind}:PATH")
+    return DataSpec(kind, rest, split)
+
+
+def open_raw(spec: DataSpec | str, default_split: str) -> RawDataset:
+    spec = parse_data_spec(spec) if isinstance(spec, str) else spec
+    split = spec.split or default_split
+    if spec.kind == "digits":
+        return load_digits_source(split)
+    path = Path(spec.path or "")
+    if not path.exists():
+        raise BadInputError(f"dataset path not found: {path}; check the {spec.kind}:PATH spec")
+    if spec.kind in ("cifar10", "cifar100"):
+        return load_cifar_source(spec.kind, path, split)
+    if spec.kind == "svhn":
+        return load_svhn_source(path, split)
+    if spec.kind == "folder":
+        return load_folder_source(path, spec.split)
+    return load_tensors_source(path)
+
+
+def parse_classes(text: str | None) -> list[int] | None:
+    """"0-4" → [0..4]; "1,3,7" → [1,3,7]; ranges and lists mix ("0-2,7")."""
+    if not text:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            a, sep, b = part.strip().partition("-")
+            out.extend(range(int(a), int(b) + 1) if sep else [int(a)])
+    except ValueError:
+        raise BadInputError(f"bad --classes '{text}': use ranges and lists of class indices, e.g. 0-4 or 1,3,7") from None
+    return sorted(set(out))
+
+
+def select_indices(labels: torch.Tensor, classes: list[int] | None = None, limit: int | None = None,
+                   max_per_class: int | None = None, seed: int = 0, shuffle: bool = False) -> torch.Tensor:
+    """Indices after the class filter, the per-class cap (first ones per class) and ``limit``."""
+    idx = torch.arange(labels.numel())
+    if shuffle or limit is not None:
+        idx = idx[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))]
+    if classes is not None:
+        idx = idx[torch.isin(labels[idx], torch.tensor(classes, dtype=labels.dtype))]
+    if max_per_class is not None:
+        keep, seen = [], {}
+        for i in idx.tolist():
+            c = int(labels[i])
+            if seen.get(c, 0) < max_per_class:
+                seen[c] = seen.get(c, 0) + 1
+                keep.append(i)
+        idx = torch.tensor(keep, dtype=torch.long)
+    if limit is not None:
+        idx = idx[:limit]
+    if not shuffle:
+        idx, _ = torch.sort(idx)
+    return idx
+
+
+class ImageDataset(Dataset):
+    """(preprocessed image, label) for the chosen indices of a :class:`RawDataset`."""
+
+    def __init__(self, raw: RawDataset, indices: torch.Tensor, preprocess: Preprocess):
+        self.raw, self.indices, self.preprocess = raw, indices, preprocess
+        self.labels = raw.labels[indices]
+        self.classes = raw.classes
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = int(self.indices[i])
+        return self.preprocess(self.raw.get_image(j)), int(self.raw.labels[j])
+
+    def class_counts(self) -> dict[int, int]:
+        vals, counts = torch.unique(self.labels, return_counts=True)
+        return {int(v): int(c) for v, c in zip(vals, counts)}
+
+
+def open_dataset(spec: str, *, input_size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...],
+                 default_split: str = "test", classes: str | list[int] | None = None, limit: int | None = None,
+                 max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
+    raw = open_raw(spec, default_split)
+    cls = parse_classes(classes) if isinstance(classes, str) else classes
+    if limit is not None and limit < 1:
+        raise BadInputError(f"--limit must be ≥ 1, got {limit}")
+    idx = select_indices(raw.labels, cls, limit, max_per_class, seed)
+    if idx.numel() == 0:
+        raise BadInputError(f"dataset {spec} is empty after selection (classes={classes}, limit={limit}); widen the selection")
+    ds = ImageDataset(raw, idx, Preprocess(input_size, mean, std))
+    ds.description = raw.description  # type: ignore[attr-defined]
+    return ds
+
+
+def make_loader(ds: Dataset, batch_size: int, workers: int = 0, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    if batch_size < 1:
+        raise BadInputError(f"--batch-size must be ≥ 1, got {batch_size}")
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=max(0, workers), generator=g,
+                      drop_last=drop_last, persistent_workers=False)

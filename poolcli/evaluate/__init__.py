@@ -1,0 +1,1 @@
+"""Evaluation: classification now; retrieval, robustness and separability build on the same loop."""

@@ -1,0 +1,51 @@
+"""Top-1/top-5 accuracy, mean cross-entropy and throughput of a classifier on a dataset."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import BadInputError
+
+METRIC_DEFINITIONS = {
+    "top1": "fraction of images whose highest logit is the true class",
+    "top5": "fraction of images whose true class is among the 5 highest logits (when the model has ≥ 5 outputs)",
+    "loss": "mean softmax cross-entropy (natural log) over all images",
+    "images_per_s": "images / wall-clock seconds of model forward passes (data loading excluded), batch as given",
+}
+
+
+@torch.inference_mode()
+def evaluate_classifier(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                        progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    module.eval().to(device)
+    n = correct1 = correct5 = 0
+    loss_sum = 0.0
+    fwd_s = 0.0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device)
+        t0 = time.perf_counter()
+        logits = module(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        fwd_s += time.perf_counter() - t0
+        if logits.dim() != 2:
+            raise BadInputError(f"model output has shape {list(logits.shape)}; a classifier must output [batch, classes]")
+        if int(y.max()) >= logits.shape[1]:
+            raise BadInputError(f"dataset label {int(y.max())} is out of range for a model with {logits.shape[1]} outputs; pick matching --classes or model")
+        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(dim=1).sum())
+        n += int(y.numel())
+        if progress:
+            progress(int(y.numel()))
+    if n == 0:
+        raise BadInputError("the dataset yielded no images; widen the selection")
+    out = {"n": n, "top1": correct1 / n, "loss": loss_sum / n, "images_per_s": n / fwd_s if fwd_s > 0 else float("inf"),
+           "forward_seconds": fwd_s}
+    out["top5"] = correct5 / n
+    return out

@@ -1,0 +1,1 @@
+"""File I/O helpers: atomic writes, safetensors with JSON metadata."""

@@ -1,0 +1,71 @@
+"""The poolcli checkpoint: one ``.safetensors`` with a JSON manifest in its metadata.
+
+Loading = build the base architecture, apply the recorded site swaps in order, then
+``load_state_dict(strict=True)``. The round trip is bit-exact for the stored dtype.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import BadInputError
+from ..io.tensorfile import read_metadata, read_tensors, write_tensors
+from .bundle import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ModelBundle
+from .spec import build_base
+from .surgery import apply_swaps
+from .weights import load_state_dict_strict
+
+
+def save_checkpoint(model: nn.Module | ModelBundle, manifest: dict[str, Any] | None, path: str | os.PathLike,
+                    dtype: torch.dtype | None = None) -> None:
+    """Write ``model``'s state_dict and ``manifest`` atomically to ``path``.
+
+    ``model`` may be a :class:`ModelBundle` (its manifest is used when ``manifest`` is None).
+    ``dtype`` optionally stores floating tensors at lower precision (recorded in the manifest).
+    """
+    if isinstance(model, ModelBundle):
+        manifest = manifest or model.manifest()
+        module = model.module
+    else:
+        module = model
+        if manifest is None:
+            raise BadInputError("save_checkpoint needs a manifest (or pass a ModelBundle)")
+    if manifest.get("format") != CHECKPOINT_FORMAT:
+        raise BadInputError("manifest is not a poolcli checkpoint manifest; build it with ModelBundle.manifest()")
+    state = module.state_dict()
+    if dtype is not None:
+        state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+        manifest = {**manifest, "storage_dtype": str(dtype).replace("torch.", "")}
+    write_tensors(path, state, manifest)
+
+
+def load_checkpoint(path: str | os.PathLike) -> ModelBundle:
+    path = Path(path)
+    if path.suffix in (".pt", ".pth", ".bin"):
+        raise BadInputError(f"{path} is not a poolcli checkpoint; give its architecture (timm:NAME or tv:NAME) and pass it with --weights {path}")
+    manifest = read_metadata(path)
+    if manifest is None or manifest.get("format") != CHECKPOINT_FORMAT:
+        raise BadInputError(f"{path} has no poolcli manifest; give its architecture (timm:NAME or tv:NAME) and pass the file with --weights {path}")
+    if int(manifest.get("version", 0)) > CHECKPOINT_VERSION:
+        raise BadInputError(f"{path} was written by a newer poolcli (checkpoint version {manifest['version']}); upgrade poolcli")
+    base = manifest["base"]
+    module = build_base(base["source"], base["name"], dict(base.get("kwargs", {})))
+    swaps = list(manifest.get("swaps", []))
+    apply_swaps(module, swaps)
+    state, _ = read_tensors(path)
+    load_state_dict_strict(module, state, str(path), f"{base['source']}:{base['name']} with {len(swaps)} swap(s)")
+    module.eval()
+    return ModelBundle(
+        module=module, base=base, swaps=swaps, classes=manifest.get("classes"),
+        input_size=tuple(manifest["input_size"]), mean=tuple(manifest["mean"]), std=tuple(manifest["std"]),
+        extra=manifest.get("extra", {}), spec=str(path),
+    )
+
+
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """Load a poolcli checkpoint as an ``nn.Module`` (eval mode; new pooling parameters trainable)."""
+    return load_checkpoint(path).module

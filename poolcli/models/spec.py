@@ -1,0 +1,147 @@
+"""Build a model from a spec: ``timm:NAME``, ``tv:NAME``, ``poolcli:NAME`` or a poolcli checkpoint path.
+
+Nothing is downloaded: timm and torchvision models are built with random weights and get their
+weights from ``--weights FILE`` (``.safetensors``, or ``.pt/.pth`` read with ``weights_only=True``).
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import BadInputError
+from .bundle import ModelBundle
+from .weights import load_state_dict_strict, read_state_dict
+from .zoo import ZOO
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SOURCES = ("timm", "tv", "poolcli")
+
+
+def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
+    """``3x32x32`` → (3, 32, 32)."""
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise BadInputError(f"bad --input-size '{text}': give channels x height x width, e.g. 3x224x224")
+    return dims  # type: ignore[return-value]
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def build_base(source: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Construct the bare architecture (random weights). Raises BadInputError for unknown names."""
+    if source == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise BadInputError(f"unknown timm model '{name}'{_suggest(name, timm.list_models())}; see timm.list_models()")
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if source == "tv":
+        import torchvision
+
+        names = torchvision.models.list_models()
+        if name not in names:
+            raise BadInputError(f"unknown torchvision model '{name}'{_suggest(name, names)}; see torchvision.models.list_models()")
+        kw = dict(kwargs)
+        if name in ("googlenet", "inception_v3"):
+            kw.setdefault("aux_logits", False)
+            kw.setdefault("init_weights", False)
+        return torchvision.models.get_model(name, weights=None, **kw)
+    if source == "poolcli":
+        if name not in ZOO:
+            raise BadInputError(f"unknown poolcli model '{name}'{_suggest(name, list(ZOO))}; choose one of {', '.join(ZOO)}")
+        return ZOO[name](**kwargs)
+    raise BadInputError(f"unknown model source '{source}': use one of {', '.join(SOURCES)}")
+
+
+def _defaults(source: str, name: str, module: nn.Module, in_chans: int) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
+    if source == "timm":
+        cfg = getattr(module, "pretrained_cfg", {}) or {}
+        size = tuple(cfg.get("input_size", (3, 224, 224)))
+        mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    elif source == "tv":
+        size = (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        size = tuple(getattr(module, "default_input_size", (1, 32, 32)))
+        mean, std = (0.5,) * size[0], (0.5,) * size[0]
+    if in_chans != len(mean):  # e.g. grey-scale input to an ImageNet model: average the statistics
+        mean = (sum(mean) / len(mean),) * in_chans
+        std = (sum(std) / len(std),) * in_chans
+    return (in_chans, int(size[1]), int(size[2])), tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def is_checkpoint_spec(spec: str) -> bool:
+    return spec.split(":", 1)[0] not in SOURCES
+
+
+def build_model(
+    spec: str,
+    *,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    input_size: str | tuple[int, int, int] | None = None,
+) -> ModelBundle:
+    """Build a :class:`ModelBundle` from a model spec (see module docstring)."""
+    if is_checkpoint_spec(spec):
+        from .checkpoint import load_checkpoint
+
+        if num_classes is not None or in_chans is not None:
+            raise BadInputError(f"--num-classes/--in-chans apply to timm:/tv:/poolcli: specs, not to the checkpoint {spec}")
+        bundle = load_checkpoint(spec)
+        if weights is not None:
+            load_state_dict_strict(bundle.module, read_state_dict(weights), str(weights), spec)
+        if input_size is not None:
+            bundle.input_size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(input_size)
+        return bundle
+
+    source, name = spec.split(":", 1)
+    if not name:
+        raise BadInputError(f"model spec '{spec}' names no model: write {source}:NAME")
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    if in_chans is not None:
+        if source == "tv":
+            raise BadInputError("torchvision models take 3 input channels; drop --in-chans or use a timm: model")
+        kwargs["in_chans"] = int(in_chans)
+    module = build_base(source, name, kwargs)
+    size_default, mean, std = _defaults(source, name, module, in_chans or _first_conv_channels(module, source))
+    size = parse_input_size(input_size) if isinstance(input_size, str) else (tuple(input_size) if input_size else size_default)
+    if weights is not None:
+        load_state_dict_strict(module, read_state_dict(weights), str(weights), spec)
+    bundle = ModelBundle(module=module, base={"source": source, "name": name, "kwargs": kwargs},
+                         input_size=size, mean=mean, std=std, spec=spec)
+    if bundle.num_classes is None:
+        bundle.base["kwargs"]["num_classes"] = _infer_num_classes(module)
+    return bundle
+
+
+def _first_conv_channels(module: nn.Module, source: str) -> int:
+    if source == "poolcli":
+        return int(getattr(module, "default_input_size", (1,))[0])
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return 3
+
+
+def _infer_num_classes(module: nn.Module) -> int:
+    n = getattr(module, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    last = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return int(last[-1].out_features) if last else 0

@@ -1,0 +1,77 @@
+"""Safe weight loading: safetensors, or torch.load(weights_only=True). Never executes pickled code.
+
+Key mismatches are reported by name; nothing is silently skipped with strict=False.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import BadInputError
+from ..io.tensorfile import read_tensors
+
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "net", "weights")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a flat name→tensor mapping from ``.safetensors`` or ``.pt/.pth/.bin``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors, _ = read_tensors(path)
+        return tensors
+    if not path.exists():
+        raise BadInputError(f"weights file not found: {path}; check the path")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise BadInputError(
+            f"refusing to load {path}: it is a pickle that needs code to run ({first}); "
+            "convert it to .safetensors in a trusted environment and pass that file"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise BadInputError(f"{path} is not a readable PyTorch weights file ({str(e).strip()[:160]}); it may be truncated or corrupt") from None
+    return _flatten_checkpoint(obj, path)
+
+
+def _flatten_checkpoint(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise BadInputError(f"{path} holds no state_dict (a mapping of names to tensors); save model.state_dict() instead")
+    sd = dict(obj)
+    if all(k.startswith("module.") for k in sd):  # DataParallel/DDP wrappers
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str, target: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatched keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad_shape = [
+        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if bad_shape:
+            parts.append("shape mismatch " + ", ".join(bad_shape[:3]) + (" ..." if len(bad_shape) > 3 else ""))
+        if missing:
+            parts.append(f"{len(missing)} missing (" + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "") + ")")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (" + ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else "") + ")")
+        raise BadInputError(
+            f"weights in {source} do not fit {target}: " + "; ".join(parts)
+            + "; check the model name, --num-classes and --in-chans"
+        )
+    model.load_state_dict(state, strict=True)

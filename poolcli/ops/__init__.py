@@ -1,0 +1,1 @@
+"""Pooling operators: plain nn.Modules and functions, no I/O."""

@@ -1,0 +1,76 @@
+"""String factory for pooling operators: ``"name:key=value,key=value"`` → ``nn.Module``.
+
+A factory takes the parsed params and the module being replaced (or None) so that it can inherit
+kernel/stride/channels from it. Checkpoints store ``(op, params)`` and rebuild through this table,
+so every factory must be deterministic in its params (tensors come from the state_dict).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from ..errors import BadInputError
+
+Factory = Callable[[dict[str, Any], "nn.Module | None"], nn.Module]
+_REGISTRY: dict[str, tuple[Factory, str]] = {}
+
+
+def register(name: str, help: str = "") -> Callable[[Factory], Factory]:
+    def deco(fn: Factory) -> Factory:
+        _REGISTRY[name] = (fn, help)
+        return fn
+
+    return deco
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_op_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """``gem:p=3,eps=1e-6`` → ("gem", {"p": 3, "eps": 1e-6}); ``learned:pool.safetensors`` → ("learned", {"file": ...})."""
+    name, _, rest = text.partition(":")
+    params: dict[str, Any] = {}
+    if rest:
+        for part in rest.split(","):
+            key, eq, val = part.partition("=")
+            if not eq:
+                if "file" in params:
+                    raise BadInputError(f"bad operator spec '{text}': '{part}' is not key=value")
+                params["file"] = key
+            else:
+                params[key.strip()] = _value(val.strip())
+    return name.strip(), params
+
+
+def available() -> dict[str, str]:
+    _load_builtin()
+    return {k: h for k, (_, h) in sorted(_REGISTRY.items())}
+
+
+def build_op(name: str, params: dict[str, Any], replaced: nn.Module | None = None) -> nn.Module:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise BadInputError(f"unknown pooling operator '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    try:
+        return _REGISTRY[name][0](dict(params), replaced)
+    except TypeError as e:
+        raise BadInputError(f"bad parameters for '{name}': {e}") from None
+
+
+def build_from_spec(text: str, replaced: nn.Module | None = None) -> nn.Module:
+    name, params = parse_op_spec(text)
+    return build_op(name, params, replaced)
+
+
+def _load_builtin() -> None:
+    from . import factories  # noqa: F401  (registers the built-in operators)

@@ -1,0 +1,1 @@
+"""Training: the fine-tune loop and its losses."""
