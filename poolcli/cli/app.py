@@ -10,7 +10,6 @@ import os
 import sys
 import traceback
 
-import click
 import typer
 
 from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, PoolcliError
@@ -40,6 +39,17 @@ def _register() -> None:
     from . import evaluate_cmd, inspect_cmd  # noqa: F401  (each module adds its command to `app`)
 
 
+def _click_exceptions() -> list:
+    """Typer ≥ 0.20 vendors click as ``typer._click``; older ones use click itself. Accept both."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(__import__(name, fromlist=["ClickException"]))
+        except ImportError:
+            pass
+    return mods
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     common.STATE["debug"] = "--debug" in argv or os.environ.get("POOLCLI_DEBUG", "") not in ("", "0")
@@ -47,15 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     _register()
     command = typer.main.get_command(app)
+    ce = _click_exceptions()
+    exit_types = (typer.Exit,) + tuple(getattr(m, "Exit") for m in ce if hasattr(m, "Exit"))
+    click_errors = tuple(m.ClickException for m in ce)
+    abort_types = (typer.Abort, KeyboardInterrupt) + tuple(getattr(m, "Abort") for m in ce if hasattr(m, "Abort"))
     try:
         rv = command.main(args=argv, prog_name="poolcli", standalone_mode=False)
+        if rv == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a returned 130
+            common.console().print("interrupted")
         return rv if isinstance(rv, int) else EXIT_OK
-    except click.exceptions.Exit as e:
+    except exit_types as e:
+        if e.exit_code == EXIT_INTERRUPTED:  # click turns Ctrl-C into Exit(130) in some versions
+            common.console().print("interrupted")
         return e.exit_code
-    except click.ClickException as e:
+    except click_errors as e:
         e.show()
         return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except abort_types:
         common.console().print("interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:

@@ -1,7 +1,9 @@
 """poolcli inspect: list the pooling and downsampling sites of a model."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Optional
+
+import typer
 
 from rich.table import Table
 
@@ -39,13 +41,18 @@ def inspect_document(spec: str, bundle: Any, report: SiteReport) -> dict[str, An
 
 @app.command("inspect")
 def inspect_cmd(model: ModelArg, weights: WeightsOpt = None, num_classes: NumClassesOpt = None, in_chans: InChansOpt = None,
-                input_size: InputSizeOpt = None, json_out: JsonOpt = False) -> None:
+                input_size: InputSizeOpt = None,
+                site: Annotated[Optional[str], typer.Option("--site", help="Show only this site (alias like @down3, or a module path).")] = None,
+                json_out: JsonOpt = False) -> None:
     """List pooling/downsampling sites: path, kind, kernel/stride, shapes, cost, aliases (@global, @downK).
 
     Example: poolcli inspect tv:resnet18 --json | jq '.aliases'
     """
     bundle = load_bundle(model, weights, num_classes, in_chans, input_size)
     report = discover_sites(bundle.module, bundle.input_size)
+    if site is not None:
+        chosen = report.resolve(site, bundle.module)
+        report.sites = [s for s in report.sites if s.path == chosen.path] or [chosen]
     if not STATE["quiet"]:
         con = console()
         params = sum(p.numel() for p in bundle.module.parameters())

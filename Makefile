@@ -1,0 +1,31 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out
+
+.PHONY: demo test bench fixtures clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+demo: $(BIN)/.installed
+	@mkdir -p $(OUT)
+	$(BIN)/poolcli inspect fixtures/digits-cnn.safetensors
+	$(BIN)/poolcli evaluate fixtures/digits-cnn.safetensors fixtures/digits-resnet.safetensors --data digits:test --json > $(OUT)/report.json
+	@echo "demo: wrote $(OUT)/report.json" >&2
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -n 2 --durations=10
+
+bench: $(BIN)/.installed
+	for f in benchmarks/*_bench.py; do $(BIN)/python $$f || exit 1; done
+
+fixtures: $(BIN)/.installed
+	$(BIN)/python scripts/make_fixtures.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache
