@@ -1,10 +1,17 @@
-"""Registrations of the built-in operators (kept apart so operator modules stay registry-free)."""
+"""Registrations of the built-in operators (kept apart so operator modules stay registry-free).
+
+Each factory inherits what it can (kernel, stride, padding, channels, grids) from the layer it replaces.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from torch import nn
 
+from .classic import MAC, RMAC, SPoC, GeM, SoftPool2d
+from .gsp import GSP
+from .learned import LearnedLinearPool
+from .ppool import PPool2d
 from .registry import register
 
 
@@ -13,17 +20,83 @@ def _inherit(replaced: nn.Module | None, name: str, default: Any) -> Any:
     return default if v is None else v
 
 
-@register("avg", "average pooling (kernel, stride, padding; inherited from the replaced layer)")
-def _avg(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+def _window(p: dict[str, Any], replaced: nn.Module | None) -> tuple[Any, Any, Any]:
     k = p.pop("kernel", _inherit(replaced, "kernel_size", 2))
     s = p.pop("stride", _inherit(replaced, "stride", k))
     pad = p.pop("padding", _inherit(replaced, "padding", 0))
+    return k, s, pad
+
+
+def _channels(p: dict[str, Any], replaced: nn.Module | None) -> int:
+    c = p.pop("channels", None) or _inherit(replaced, "in_channels", None) or _inherit(replaced, "num_features", None)
+    if c is None:
+        raise TypeError("the number of input channels is unknown: add channels=C")
+    return int(c)
+
+
+@register("avg", "average pooling: avg[:kernel=2,stride=2,padding=0]")
+def _avg(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    k, s, pad = _window(p, replaced)
     return nn.AvgPool2d(k, s, pad, count_include_pad=bool(p.pop("count_include_pad", False)), **p)
 
 
-@register("max", "max pooling (kernel, stride, padding; inherited from the replaced layer)")
+@register("max", "max pooling: max[:kernel=2,stride=2,padding=0]")
 def _max(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
-    k = p.pop("kernel", _inherit(replaced, "kernel_size", 2))
-    s = p.pop("stride", _inherit(replaced, "stride", k))
-    pad = p.pop("padding", _inherit(replaced, "padding", 0))
+    k, s, pad = _window(p, replaced)
     return nn.MaxPool2d(k, s, pad, **p)
+
+
+@register("ppool", "P-pooling: ppool[:kernel=2,stride=2,padding=0,alpha=FIXED,alpha_init=8,alpha_max=50,channels=C]")
+def _ppool(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    k, s, pad = _window(p, replaced)
+    channels = _channels(p, replaced) if p.get("alpha") is None else int(p.pop("channels", 1))
+    return PPool2d(channels, k, s, pad, **p)
+
+
+@register("softpool", "SoftPool: softpool[:kernel=2,stride=2,padding=0]")
+def _softpool(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    k, s, pad = _window(p, replaced)
+    return SoftPool2d(k, s, pad)
+
+
+@register("gem", "GeM: gem[:p=3,eps=1e-6,learnable=true] (global)")
+def _gem(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    return GeM(**p)
+
+
+@register("spoc", "sum pooling: spoc[:centre_prior=false] (global)")
+def _spoc(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    return SPoC(**p)
+
+
+@register("mac", "global max pooling (MAC)")
+def _mac(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    return MAC()
+
+
+@register("rmac", "R-MAC: rmac[:levels=3] (global)")
+def _rmac(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    return RMAC(**p)
+
+
+@register("gsp", "Generalized Sum Pooling: gsp[:m=64,mu=0.3,gamma=5,dim=C,channels=C] (global)")
+def _gsp(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    channels = _channels(p, replaced)
+    return GSP(channels, dim=p.pop("dim", None), num_prototypes=int(p.pop("m", 64)), mu=float(p.pop("mu", 0.3)),
+               gamma=float(p.pop("gamma", 5.0)), flatten=bool(p.pop("flatten", False)), **p)
+
+
+@register("blur", "BlurPool (timm): blur[:channels=C,filt_size=3,stride=2]")
+def _blur(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    from timm.layers import BlurPool2d
+
+    channels = _channels(p, replaced)
+    return BlurPool2d(channels, filt_size=int(p.pop("filt_size", 3)), stride=int(p.pop("stride", 2)))
+
+
+@register("learned", "learned linear pooling: learned:channels=C,in_h=H,in_w=W,out_h=Ho,out_w=Wo,k=2 (P from the state_dict)")
+def _learned(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    if "file" in p:
+        raise TypeError("learned:FILE is resolved by the model layer (poolcli convert); here give the grid sizes")
+    return LearnedLinearPool(int(p["channels"]), (int(p["in_h"]), int(p["in_w"])), (int(p["out_h"]), int(p["out_w"])),
+                             k=int(p.get("k", 2)), trainable=bool(p.get("trainable", False)))

@@ -1,0 +1,152 @@
+"""P-pooling (seed 002): y = Σ x^(α+1) / Σ x^α over each window, α per output location.
+
+Computed as a weighted average with weights w_i = exp(α (ln x̃_i − ln max x̃)), x̃ = max(x, tiny): all
+weights lie in [0, 1] and the window max has weight 1, so nothing overflows for any α ≥ 0 in fp32,
+fp16 or bf16 (half inputs are computed in fp32 and cast back). α = 0 is average pooling exactly
+(padding excluded, like ``avg_pool2d(count_include_pad=False)``); α → ∞ is max pooling.
+
+The backward is closed form (no autograd graph over the k² taps):
+  ∂y/∂x_i = p_i (1 + α (x_i − y) / x̃_i)   (the 1/x̃ term only where x > tiny),
+  ∂y/∂α   = Σ_i p_i (ln x̃_i − ln m)(x_i − y),     p_i = w_i / Σ w.
+Negative inputs: ``negative="shift"`` pools x − s and adds s back, s = min(0, min of each map)
+(paper §3.2: f(R − x_min) + x_min, applied only when a map has negative values); ``"clamp"`` clips at 0.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .windows import out_size, pad, pair, taps
+
+
+def _log_tilde(x: torch.Tensor) -> torch.Tensor:
+    return torch.log(torch.clamp(x, min=torch.finfo(x.dtype).tiny))
+
+
+def _log_floor(x: torch.Tensor) -> float:
+    return float(torch.log(torch.tensor(torch.finfo(x.dtype).tiny, dtype=x.dtype)))
+
+
+class _PPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha, k, s, p):  # x ≥ 0, float32/64; alpha broadcastable to the output
+        b, c, h, w = x.shape
+        ho, wo = out_size(h, w, k, s, p)
+        alpha = alpha.expand(b, c, ho, wo)
+        lx = _log_tilde(x)
+        lm = F.max_pool2d(lx, k, s, p)  # window max of ln x̃ (padding excluded: max_pool pads with -inf)
+        xp, lxp = pad(x, p), pad(lx, p, value=_log_floor(x))  # padded taps: weight ≤ 1, then masked to 0
+        num = torch.zeros(b, c, ho, wo, dtype=x.dtype, device=x.device)
+        den = torch.zeros_like(num)
+        for (si, sj), mask in taps(k, s, p, h, w, ho, wo, x.device):
+            wt = torch.exp(alpha * (lxp[..., si, sj] - lm))
+            if mask is not None:
+                wt = wt * mask
+            num.addcmul_(wt, xp[..., si, sj])
+            den.add_(wt)
+        y = num / den
+        ctx.save_for_backward(x, alpha, y, den, lm)
+        ctx.geometry = (k, s, p)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, alpha, y, den, lm = ctx.saved_tensors
+        k, s, p = ctx.geometry
+        b, c, h, w = x.shape
+        ho, wo = y.shape[-2:]
+        tiny = torch.finfo(x.dtype).tiny
+        lxp = pad(_log_tilde(x), p, value=_log_floor(x))
+        xp = pad(x, p)
+        gx = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
+        galpha = torch.zeros_like(y) if ctx.needs_input_grad[1] else None
+        g_over_den = gy / den
+        for (si, sj), mask in taps(k, s, p, h, w, ho, wo, x.device):
+            xt, dl = xp[..., si, sj], lxp[..., si, sj] - lm
+            gp = g_over_den * torch.exp(alpha * dl)  # g · p_t
+            if mask is not None:
+                gp = gp * mask
+            diff = xt - y
+            if gx is not None:
+                inv = torch.where(xt > tiny, 1.0 / torch.clamp(xt, min=tiny), torch.zeros_like(xt))
+                gx[..., si, sj] += gp * (1.0 + alpha * diff * inv)
+            if galpha is not None:
+                galpha.addcmul_(gp * dl, diff)
+        if gx is not None and p != (0, 0):
+            gx = gx[..., p[0]:p[0] + h, p[1]:p[1] + w]
+        return gx, galpha, None, None, None
+
+
+def p_pool2d(x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride=None, padding=0,
+             negative: str = "shift") -> torch.Tensor:
+    """Functional P-pooling. ``alpha``: a number, or a tensor broadcastable to [B, C, Ho, Wo] (α ≥ 0)."""
+    k = pair(kernel_size)
+    s = pair(stride if stride is not None else kernel_size)
+    p = pair(padding)
+    out_dtype = x.dtype
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(work)
+    a = alpha.to(work) if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha), dtype=work, device=x.device)
+    a = a.clamp(min=0).reshape(a.shape if a.dim() == 4 else (1,) * (4 - a.dim()) + tuple(a.shape))
+    if negative == "clamp":
+        y = _PPool.apply(x.clamp(min=0), a, k, s, p)
+    elif negative == "shift":
+        shift = torch.clamp(x.amin(dim=(2, 3), keepdim=True), max=0.0)
+        y = _PPool.apply(x - shift, a, k, s, p) + shift
+    else:
+        raise ValueError(f"negative must be 'shift' or 'clamp', not {negative!r}")
+    return y.to(out_dtype)
+
+
+class PPool2d(nn.Module):
+    """P-pooling with α predicted per output location by a side branch, or a fixed α.
+
+    Side branch (seed 002 §3.5): depthwise conv with the pool's kernel/stride/padding → PReLU →
+    depthwise 1×1 conv whose bias starts at ``alpha_init`` (so the layer starts close to max pooling),
+    α clipped to [0, alpha_max].
+    """
+
+    is_poolcli_pool = True
+
+    def __init__(self, channels: int, kernel_size=2, stride=None, padding=0, alpha: float | None = None,
+                 alpha_init: float = 8.0, alpha_max: float = 50.0, negative: str = "shift"):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = pair(kernel_size), pair(stride or kernel_size), pair(padding)
+        self.alpha_max, self.negative = float(alpha_max), negative
+        self.fixed_alpha = alpha
+        if alpha is None:
+            self.branch = nn.Sequential(
+                nn.Conv2d(channels, channels, self.kernel_size, self.stride, self.padding, groups=channels, bias=False),
+                nn.PReLU(channels),
+                nn.Conv2d(channels, channels, 1, groups=channels, bias=True),
+            )
+            nn.init.normal_(self.branch[0].weight, std=0.01)
+            nn.init.ones_(self.branch[2].weight)
+            nn.init.constant_(self.branch[2].bias, alpha_init)
+
+    def alpha_map(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fixed_alpha is not None:
+            return torch.tensor(float(self.fixed_alpha), dtype=x.dtype, device=x.device)
+        return self.branch(x).clamp(0.0, self.alpha_max)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return p_pool2d(x, self.alpha_map(x), self.kernel_size, self.stride, self.padding, self.negative)
+
+    def extra_repr(self) -> str:
+        a = f"alpha={self.fixed_alpha}" if self.fixed_alpha is not None else f"alpha=learned[0,{self.alpha_max}]"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, {a}"
+
+
+def p_pool2d_unfold(x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride=None, padding=0) -> torch.Tensor:
+    """Straightforward unfold (im2col) + softmax implementation, x ≥ 0: the reference and benchmark baseline."""
+    k, s, p = pair(kernel_size), pair(stride or kernel_size), pair(padding)
+    b, c, h, w = x.shape
+    ho, wo = out_size(h, w, k, s, p)
+    cols = F.unfold(x, k, padding=p, stride=s).view(b, c, k[0] * k[1], ho * wo)
+    valid = F.unfold(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), k, padding=p, stride=s).view(1, 1, -1, ho * wo)
+    a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha), dtype=x.dtype)
+    a = a.expand(b, c, ho, wo).reshape(b, c, 1, ho * wo) if a.dim() else a
+    logits = a * _log_tilde(cols)
+    logits = logits.masked_fill(valid == 0, float("-inf"))
+    return (torch.softmax(logits, dim=2) * cols).sum(2).view(b, c, ho, wo)

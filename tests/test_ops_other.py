@@ -1,0 +1,74 @@
+"""Learned linear pooling, classic pools, the registry."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from poolcli.errors import BadInputError
+from poolcli.ops.classic import GeM, RMAC, SPoC, gem, rmac_regions, soft_pool2d
+from poolcli.ops.learned import LearnedLinearPool
+from poolcli.ops.registry import build_from_spec, parse_op_spec
+
+
+def test_learned_with_average_weights_is_avg_pool():
+    x = torch.randn(2, 5, 8, 6, dtype=torch.float64)
+    layer = LearnedLinearPool.average(5, (8, 6), 2, 2).double()
+    layer.mean.copy_(torch.randn(5))
+    layer.scale.copy_(torch.rand(5) + 0.5)  # normalise/denormalise cancel for weights that sum to 1
+    assert torch.allclose(layer(x), F.avg_pool2d(x, 2, 2), atol=1e-13)
+
+
+def test_learned_channel_layout_and_trainable():
+    layer = LearnedLinearPool(3, (4, 4), (2, 2), k=2, trainable=True)
+    P = torch.randn(2, 4, 16)
+    layer.set_pooling(P)
+    x = torch.randn(1, 3, 4, 4)
+    y = layer(x)
+    assert y.shape == (1, 6, 2, 2)
+    assert torch.allclose(y[0, 3].flatten(), P[1] @ x[0, 1].flatten(), atol=1e-6)  # channel c·k + j
+    y.sum().backward()
+    assert layer.P.grad is not None
+
+
+def test_gem_limits_and_gradcheck():
+    x = torch.rand(2, 3, 5, 5, dtype=torch.float64) + 0.1
+    assert torch.allclose(gem(x, 1.0), x.mean((2, 3), keepdim=True))
+    assert torch.allclose(gem(x, 200.0), x.amax((2, 3), keepdim=True), rtol=3e-2)
+    p = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: gem(a, b), (x.requires_grad_(), p))
+    assert GeM()(x.float()).shape == (2, 3, 1, 1)
+
+
+def test_softpool_matches_definition_and_gradcheck():
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+    cols = F.unfold(x, 3, padding=1, stride=2).view(1, 2, 9, -1)
+    valid = F.unfold(torch.ones(1, 1, 5, 5, dtype=torch.float64), 3, padding=1, stride=2).view(1, 1, 9, -1)
+    w = torch.exp(cols) * valid
+    expect = ((w * cols).sum(2) / w.sum(2)).view(1, 2, 3, 3)
+    assert torch.allclose(soft_pool2d(x, 3, 2, 1), expect)
+    assert torch.autograd.gradcheck(lambda a: soft_pool2d(a, 3, 2, 1), (x.requires_grad_(),))
+    assert torch.isfinite(soft_pool2d(torch.full((1, 1, 4, 4), 1e4), 2)).all()
+
+
+def test_spoc_and_rmac():
+    x = torch.rand(2, 4, 7, 9)
+    assert torch.allclose(SPoC()(x).flatten(1), x.sum((2, 3)))
+    assert SPoC(centre_prior=True)(x).shape == (2, 4, 1, 1)
+    regions = rmac_regions(7, 9, 3)
+    assert regions[0] == (0, 0, 7, 9) and all(t + h <= 7 and l + w <= 9 for t, l, h, w in regions)
+    assert len(rmac_regions(30, 40, 3)) > 10  # several overlapping regions per scale
+    v = RMAC()(x).flatten(1)
+    assert torch.allclose(v.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_registry_parsing_and_errors():
+    assert parse_op_spec("gsp:m=64,mu=0.3,gamma=5") == ("gsp", {"m": 64, "mu": 0.3, "gamma": 5})
+    assert parse_op_spec("learned:pool.safetensors") == ("learned", {"file": "pool.safetensors"})
+    pool = build_from_spec("max", replaced=torch.nn.MaxPool2d(3, 2, 1))
+    assert (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+    assert build_from_spec("ppool", replaced=torch.nn.Conv2d(8, 8, 3, 2, 1))(torch.rand(1, 8, 6, 6)).shape == (1, 8, 3, 3)
+    with pytest.raises(BadInputError, match="unknown pooling operator"):
+        build_from_spec("fancy")
+    with pytest.raises(BadInputError, match="channels"):
+        build_from_spec("gsp")
