@@ -1,0 +1,105 @@
+"""The closed-form pooling fit (seed 001 Algorithm 1, solved without inverses) and its report."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from .eigen import locality_penalty, output_grid, solve_exact, solve_lobpcg
+
+
+@dataclasses.dataclass
+class PoolingFit:
+    P: torch.Tensor  # [k, M, N], normalised, sign fixed (positive sum)
+    eigenvalues: torch.Tensor  # [M, k]
+    guard: torch.Tensor  # [M] (k+1)-th eigenvalue
+    ratio: torch.Tensor  # [M] pᵀAp / pᵀBp of the top map
+    avg_ratio: torch.Tensor  # [M] the same for average pooling over the stride window
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    alpha: float
+    norm: str
+    ridge: float
+    b_scale: float
+    solver: str
+    iterations: int
+    residual: float
+
+    def summary(self) -> dict:
+        gap = (self.eigenvalues[:, 0] - self.eigenvalues[:, 1]) / self.eigenvalues[:, 0].abs() if self.eigenvalues.shape[1] > 1 \
+            else (self.eigenvalues[:, 0] - self.guard) / self.eigenvalues[:, 0].abs()
+        return {"alpha": self.alpha, "norm": self.norm, "k": self.P.shape[0], "in_grid": list(self.in_hw), "out_grid": list(self.out_hw),
+                "separability_mean": float(self.ratio.mean()), "separability_avgpool_mean": float(self.avg_ratio.mean()),
+                "separability_gain": float((self.ratio / self.avg_ratio).mean()),
+                "eigengap_rel_mean": float(gap.mean()), "eigengap_rel_min": float(gap.min()),
+                "ridge": self.ridge, "b_scale": self.b_scale, "solver": self.solver, "iterations": self.iterations, "residual": self.residual}
+
+
+def average_vectors(in_hw: tuple[int, int], out_hw: tuple[int, int], dtype=torch.float64) -> torch.Tensor:
+    """[M, N]: average pooling over each output cell's window (the grid split into Ho×Wo blocks)."""
+    h, w = in_hw
+    ho, wo = out_hw
+    rows = torch.arange(h) * ho // h
+    cols = torch.arange(w) * wo // w
+    cell = (rows[:, None] * wo + cols[None, :]).reshape(-1)
+    onehot = torch.nn.functional.one_hot(cell, ho * wo).t().to(dtype)
+    return onehot / onehot.sum(1, keepdim=True)
+
+
+def quadratic(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """vᵀ M v for rows of v [M, N]."""
+    return ((v @ M) * v).sum(1)
+
+
+def _normalise(vecs: torch.Tensor, norm: str) -> torch.Tensor:
+    """vecs [M, N, k] → normalised by ℓ1/ℓ2 per map, sign so that the sum is positive."""
+    total = vecs.sum(1, keepdim=True)
+    big = vecs.gather(1, vecs.abs().argmax(1, keepdim=True))
+    sign = torch.where(total.abs() > 1e-9 * vecs.abs().sum(1, keepdim=True), total.sign(), big.sign())
+    vecs = vecs * sign
+    size = vecs.abs().sum(1, keepdim=True) if norm == "l1" else vecs.norm(dim=1, keepdim=True)
+    return vecs / size
+
+
+def needs_ridge(B: torch.Tensor) -> float:
+    """0 when B is positive definite (Cholesky succeeds), else a ridge of 1e-6·mean(diag B)."""
+    _, info = torch.linalg.cholesky_ex(B)
+    return 0.0 if int(info) == 0 else 1e-6 * float(torch.diagonal(B).mean())
+
+
+def fit_pooling(D: torch.Tensor, B: torch.Tensor, in_hw: tuple[int, int], *, stride: int = 2, alpha: float = 25.0,
+                k: int = 2, norm: str = "l2", solver: str = "auto", ridge: float | None = None, tol: float = 1e-10,
+                seed: int = 0) -> PoolingFit:
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"norm must be l1 or l2, not {norm!r}")
+    n = B.shape[0]
+    if n != in_hw[0] * in_hw[1]:
+        raise ValueError(f"statistics have {n} locations, not {in_hw[0]}×{in_hw[1]}")
+    out_hw = output_grid(in_hw, stride)
+    penalty = locality_penalty(in_hw, out_hw)
+    # α is made scale-free: B's diagonal grows with channels and classes, so A and B are divided by
+    # mean(diag B) (same eigenvectors and separability ratios; α then weighs squared pixel distance
+    # against the average within-class scatter of one location)
+    b_scale = float(torch.diagonal(B).mean())
+    if not b_scale > 0:
+        raise ValueError("the within-class scatter is zero: every image of a class has the same map at this site")
+    D, B = D / math.sqrt(b_scale), B / b_scale
+    ridge = needs_ridge(B) if ridge is None else float(ridge)
+    Br = B + ridge * torch.eye(n, dtype=B.dtype) if ridge else B
+    method = ("exact" if n <= 256 else "lobpcg") if solver == "auto" else solver
+    if method == "exact":
+        res = solve_exact(D @ D.t(), Br, penalty, alpha, k)
+    elif method == "lobpcg":
+        res = solve_lobpcg(D, Br, penalty, alpha, k, tol=tol, seed=seed)
+    else:
+        raise ValueError(f"solver must be auto, exact or lobpcg, not {solver!r}")
+    vecs = _normalise(res.vectors, norm)
+    top = vecs[:, :, 0]
+    avg = average_vectors(in_hw, out_hw)
+    A = D @ D.t()
+    ratio = quadratic(A, top) / quadratic(B, top)
+    avg_ratio = quadratic(A, avg) / quadratic(B, avg)
+    return PoolingFit(P=vecs.permute(2, 0, 1).float().contiguous(), eigenvalues=res.values, guard=res.guard, ratio=ratio,
+                      avg_ratio=avg_ratio, in_hw=tuple(in_hw), out_hw=out_hw, alpha=float(alpha), norm=norm, ridge=ridge, b_scale=b_scale,
+                      solver=method, iterations=res.iterations, residual=res.residual if not math.isnan(res.residual) else 0.0)

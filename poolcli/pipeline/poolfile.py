@@ -1,0 +1,59 @@
+"""The pooling file written by fit-pooling, and the picture of its maps (seed 001 Figure 1a style)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BadInputError
+from ..fit.pooling import PoolingFit
+from ..io.atomic import atomic_path
+from ..io.tensorfile import read_tensors, write_tensors
+from ..ops.learned import LearnedLinearPool
+
+POOL_FORMAT = "poolcli.pooling"
+
+
+def save_pooling(path: Path | str, fit: PoolingFit, channel_mean: torch.Tensor, channel_scale: torch.Tensor,
+                 meta: dict[str, Any]) -> None:
+    tensors = {"P": fit.P, "eigenvalues": fit.eigenvalues, "ratio": fit.ratio, "avg_ratio": fit.avg_ratio,
+               "channel_mean": channel_mean.float(), "channel_scale": channel_scale.float()}
+    write_tensors(path, tensors, {"format": POOL_FORMAT, "version": 1, **fit.summary(), **meta})
+
+
+def load_pooling_module(path: Path | str, trainable: bool = False) -> tuple[LearnedLinearPool, dict[str, Any]]:
+    tensors, meta = read_tensors(path)
+    if not meta or meta.get("format") != POOL_FORMAT:
+        raise BadInputError(f"{path} is not a poolcli pooling file; make one with 'poolcli fit-pooling'")
+    P = tensors["P"]
+    mod = LearnedLinearPool(int(tensors["channel_scale"].numel()), tuple(meta["in_grid"]), tuple(meta["out_grid"]), k=P.shape[0],
+                            trainable=trainable)
+    return mod.set_pooling(P, tensors["channel_mean"], tensors["channel_scale"]), meta
+
+
+def plot_maps(path: Path | str, fit: PoolingFit, title: str = "") -> None:
+    """Heat maps of the top pooling map at 9 evenly spaced output locations (red positive, blue negative)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ho, wo = fit.out_hw
+    rows = [round(i * (ho - 1) / 2) for i in range(3)] if ho >= 3 else list(range(ho))
+    cols = [round(j * (wo - 1) / 2) for j in range(3)] if wo >= 3 else list(range(wo))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(2.2 * len(cols), 2.2 * len(rows)), squeeze=False)
+    for a, r in enumerate(rows):
+        for b, c in enumerate(cols):
+            img = fit.P[0, r * wo + c].view(*fit.in_hw).numpy()
+            lim = float(abs(img).max()) or 1.0
+            ax = axes[a][b]
+            ax.imshow(img, cmap="bwr", vmin=-lim, vmax=lim)
+            ax.set_title(f"m=({r},{c})", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title or f"learned pooling, α={fit.alpha:g}, {fit.norm}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)
