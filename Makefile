@@ -15,8 +15,9 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	@mkdir -p $(OUT)
 	$(BIN)/poolcli inspect fixtures/digits-cnn.safetensors
+	$(BIN)/poolcli fit-pooling fixtures/digits-cnn.safetensors --site @down3 --data digits:train --alpha 1 -o $(OUT)/pool.safetensors --plot $(OUT)/maps.png
 	$(BIN)/poolcli evaluate fixtures/digits-cnn.safetensors fixtures/digits-resnet.safetensors --data digits:test --json > $(OUT)/report.json
-	@echo "demo: wrote $(OUT)/report.json" >&2
+	@echo "demo: wrote $(OUT)/pool.safetensors, $(OUT)/maps.png, $(OUT)/report.json" >&2
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 --durations=10

@@ -124,4 +124,21 @@ def test_zsr_loss():
     zero = torch.zeros(8, 5, dtype=torch.float64, requires_grad=True)
     l0 = loss(zero, labels)
     l0.backward()
-    assert abs(float(l0) - math.log(4)) < 1e-12 and zero.grad.abs().max() == 0
+    assert abs(float(l0.detach()) - math.log(4)) < 1e-12 and zero.grad.abs().max() == 0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.integers(1, 3), h=st.integers(1, 6), w=st.integers(1, 6), m=st.integers(1, 5), mu=st.sampled_from([0.05, 0.3, 0.9, 1.0]),
+       gamma=st.sampled_from([0.01, 5.0, 50.0, 500.0]), scale=st.sampled_from([0.0, 1e-3, 1.0, 1e4]),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_gsp_finite_everywhere(b, h, w, m, mu, gamma, scale, dtype):
+    f = (torch.randn(b, 3, h, w) * scale).to(dtype).requires_grad_()
+    protos = torch.randn(m, 3).to(dtype).requires_grad_()
+    g, z, t = gsp_pool(f, protos, mu, gamma)
+    assert g.shape == (b, 3) and z.shape == (b, m) and torch.isfinite(g.float()).all() and torch.isfinite(z.float()).all()
+    (g.float().sum() + z.float().sum()).backward()
+    assert torch.isfinite(f.grad.float()).all() and torch.isfinite(protos.grad.float()).all()

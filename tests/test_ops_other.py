@@ -72,3 +72,16 @@ def test_registry_parsing_and_errors():
         build_from_spec("fancy")
     with pytest.raises(BadInputError, match="channels"):
         build_from_spec("gsp")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), scale=st.sampled_from([0.0, 1e-6, 1.0, 1e3, 6e4]),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+def test_classic_pools_finite(b, h, w, scale, dtype):
+    x = (torch.rand(b, 3, h, w) * scale).to(dtype)
+    for out in (gem(x.float(), 3.0).to(dtype), soft_pool2d(x, 1 if min(h, w) < 2 else 2), SPoC(True)(x), RMAC()(x.float())):
+        assert torch.isfinite(out.float()).all()
