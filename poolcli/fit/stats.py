@@ -45,14 +45,15 @@ class ScatterStats:
         if (h, w) != self.grid or c != self.channel_scale.numel():
             raise ValueError(f"maps of shape {c}×{h}×{w} do not match statistics for {self.channel_scale.numel()}×{self.grid[0]}×{self.grid[1]}")
         dev = self.gram.device
-        x = maps.detach().to(dev, torch.float64).reshape(b, c, h * w).transpose(1, 2)  # [b, N, C]
-        x = x / self.channel_scale.to(dev)
+        x = maps.detach().to(dev, torch.float64).reshape(b, c, h * w)
+        x = x.div_(self.channel_scale.to(dev)[None, :, None]).transpose(1, 2)  # [b, N, C], channel-scaled
         labels = labels.to(dev)
         self.counts.index_add_(0, labels.cpu(), torch.ones_like(labels.cpu()))
-        self.class_sums.index_add_(0, labels, x)
+        onehot = torch.nn.functional.one_hot(labels, self.counts.numel()).to(torch.float64)  # [b, Q]
+        self.class_sums.view(self.counts.numel(), -1).addmm_(onehot.t(), x.reshape(b, -1))  # per-class sums as one GEMM
         wx = x * self.weights.to(dev)[labels].sqrt()[:, None, None]
         z = wx.transpose(0, 1).reshape(h * w, b * c)  # [N, b·C]
-        self.gram.addmm_(z, z.t())
+        self.gram.addmm_(z, z.t())  # Σ_k w_k X_k X_kᵀ as one GEMM for the whole batch
 
     def merge(self, other: "ScatterStats") -> "ScatterStats":
         for name in ("weights", "channel_scale"):

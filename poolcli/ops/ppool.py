@@ -21,7 +21,7 @@ from .windows import out_size, pad, pair, taps
 
 
 def _log_tilde(x: torch.Tensor) -> torch.Tensor:
-    return torch.log(torch.clamp(x, min=torch.finfo(x.dtype).tiny))
+    return torch.clamp(x, min=torch.finfo(x.dtype).tiny).log_()
 
 
 def _log_floor(x: torch.Tensor) -> float:
@@ -39,10 +39,12 @@ class _PPool(torch.autograd.Function):
         xp, lxp = pad(x, p), pad(lx, p, value=_log_floor(x))  # padded taps: weight ≤ 1, then masked to 0
         num = torch.zeros(b, c, ho, wo, dtype=x.dtype, device=x.device)
         den = torch.zeros_like(num)
+        wt = torch.empty_like(num)
         for (si, sj), mask in taps(k, s, p, h, w, ho, wo, x.device):
-            wt = torch.exp(alpha * (lxp[..., si, sj] - lm))
+            torch.sub(lxp[..., si, sj], lm, out=wt)  # in place from here on: no fresh allocations per tap
+            wt.mul_(alpha).exp_()
             if mask is not None:
-                wt = wt * mask
+                wt.mul_(mask)
             num.addcmul_(wt, xp[..., si, sj])
             den.add_(wt)
         y = num / den
@@ -62,17 +64,23 @@ class _PPool(torch.autograd.Function):
         gx = torch.zeros_like(xp) if ctx.needs_input_grad[0] else None
         galpha = torch.zeros_like(y) if ctx.needs_input_grad[1] else None
         g_over_den = gy / den
+        dl, gp, diff, tmp = (torch.empty_like(y) for _ in range(4))
         for (si, sj), mask in taps(k, s, p, h, w, ho, wo, x.device):
-            xt, dl = xp[..., si, sj], lxp[..., si, sj] - lm
-            gp = g_over_den * torch.exp(alpha * dl)  # g · p_t
+            xt = xp[..., si, sj]
+            torch.sub(lxp[..., si, sj], lm, out=dl)
+            torch.mul(dl, alpha, out=gp)
+            gp.exp_().mul_(g_over_den)  # g · p_t
             if mask is not None:
-                gp = gp * mask
-            diff = xt - y
-            if gx is not None:
-                inv = torch.where(xt > tiny, 1.0 / torch.clamp(xt, min=tiny), torch.zeros_like(xt))
-                gx[..., si, sj] += gp * (1.0 + alpha * diff * inv)
+                gp.mul_(mask)
+            torch.sub(xt, y, out=diff)
             if galpha is not None:
-                galpha.addcmul_(gp * dl, diff)
+                torch.mul(gp, dl, out=tmp)
+                galpha.addcmul_(tmp, diff)
+            if gx is not None:
+                # g·p·(1 + α (x − y)/x̃), the 1/x̃ term only where x > tiny (ln x̃ is flat below)
+                torch.clamp(xt, min=tiny, out=tmp)
+                tmp.reciprocal_().mul_(diff).mul_(alpha).masked_fill_(xt <= tiny, 0.0).add_(1.0).mul_(gp)
+                gx[..., si, sj] += tmp
         if gx is not None and p != (0, 0):
             gx = gx[..., p[0]:p[0] + h, p[1]:p[1] + w]
         return gx, galpha, None, None, None

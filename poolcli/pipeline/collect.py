@@ -78,21 +78,46 @@ def resolve_site(bundle: ModelBundle, site: str) -> Site:
     return discover_sites(bundle.module, bundle.input_size).resolve(site, bundle.module)
 
 
+CACHE_BYTES = 512 * 2**20  # keep the first pass's maps for the main pass when they fit in this budget
+
+
 @torch.no_grad()
 def channel_moments(module: nn.Module, ds: ImageDataset, box: dict, device: torch.device, batch_size: int,
-                    images: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of the site's maps over the first ``images`` images (same on every shard)."""
+                    images: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
+    """Per-channel mean and std of the site's maps over the first ``images`` images (same on every shard).
+
+    Also returns those maps (in dataset order) when they fit in ``CACHE_BYTES``, so the main pass does
+    not run the network on them twice."""
     sub = Subset(ds, range(min(images, len(ds))))
     s1 = s2 = None
     count = 0
+    cache: list[torch.Tensor] | None = []
+    used = 0
     for x, _ in make_loader(sub, batch_size):
-        m = _maps(module, x.to(device), box).double()
+        m = _maps(module, x.to(device), box)
+        if cache is not None:
+            used += m.numel() * m.element_size()
+            cache = cache + [m.detach().clone()] if used <= CACHE_BYTES else None
+        m = m.double()
         s1 = m.sum((0, 2, 3)) if s1 is None else s1 + m.sum((0, 2, 3))
         s2 = (m * m).sum((0, 2, 3)) if s2 is None else s2 + (m * m).sum((0, 2, 3))
         count += m.shape[0] * m.shape[2] * m.shape[3]
     mean = s1 / count
     std = (s2 / count - mean * mean).clamp(min=0).sqrt()
-    return mean.cpu(), torch.where(std > 1e-12, std, torch.ones_like(std)).cpu()
+    return mean.cpu(), torch.where(std > 1e-12, std, torch.ones_like(std)).cpu(), (torch.cat(cache) if cache else None)
+
+
+def _batches(module: nn.Module, ds: ImageDataset, todo: torch.Tensor, cached: torch.Tensor | None, box: dict,
+             device: torch.device, batch_size: int, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(maps, labels) for the images ``todo`` (ascending): from the cache where the first pass kept them,
+    else by running the network."""
+    if cached is not None:
+        hit = todo < cached.shape[0]
+        for chunk in todo[hit].split(batch_size):
+            yield cached[chunk], ds.labels[chunk]
+        todo = todo[~hit]
+    for x, y in make_loader(Subset(ds, todo.tolist()), batch_size, workers):
+        yield _maps(module, x.to(device), box), y
 
 
 def _dist() -> tuple[int, int]:
@@ -105,6 +130,7 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+@torch.no_grad()
 def collect_stats(bundle: ModelBundle, site: str, ds: ImageDataset, *, at: str = "input", device: torch.device,
                   batch_size: int = 64, workers: int = 0, shard: tuple[int, int] = (0, 1), scale_images: int = 1024,
                   checkpoint: Path | None = None, checkpoint_every: int = 0, description: dict | None = None,
@@ -119,9 +145,8 @@ def collect_stats(bundle: ModelBundle, site: str, ds: ImageDataset, *, at: str =
         raise BadInputError(f"bad shard {index}/{count}: use i/n with 0 ≤ i < n")
     planned = torch.bincount(ds.labels, minlength=len(ds.classes))
     with capture(module, chosen.path, at) as box:
-        mean, scale = channel_moments(module, ds, box, device, batch_size, scale_images)
-        x0, _ = ds[0]
-        probe = _maps(module, x0[None].to(device), box)
+        mean, scale, cached = channel_moments(module, ds, box, device, batch_size, scale_images)
+        probe = cached[:1] if cached is not None else _maps(module, ds[0][0][None].to(device), box)
         grid = tuple(probe.shape[-2:])
         if torch.any((planned > 0) & (planned < 2)):
             bad = int(((planned > 0) & (planned < 2)).nonzero()[0])
@@ -138,12 +163,12 @@ def collect_stats(bundle: ModelBundle, site: str, ds: ImageDataset, *, at: str =
             if smeta and smeta.get("key") == key:
                 stats = ScatterStats.from_tensors(saved, grid)
                 start = int(smeta["position"])
-        loader = make_loader(Subset(ds, mine[start:].tolist()), batch_size, workers)
+        todo = mine[start:]
         done = start
         if progress and start:
             progress(start)
-        for i, (x, y) in enumerate(loader, 1):
-            stats.update(_maps(module, x.to(device), box), y)
+        for i, (maps, y) in enumerate(_batches(module, ds, todo, cached, box, device, batch_size, workers), 1):
+            stats.update(maps, y)
             done += int(y.numel())
             if progress:
                 progress(int(y.numel()))
@@ -154,6 +179,8 @@ def collect_stats(bundle: ModelBundle, site: str, ds: ImageDataset, *, at: str =
 
         for t in (stats.counts, stats.class_sums, stats.gram):
             dist.all_reduce(t)
+        dist.barrier()
+        dist.destroy_process_group()  # a live group at interpreter exit can abort the process
     meta["images"] = int(stats.counts.sum())
     return stats, meta
 
