@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.table import Table
 
@@ -43,7 +42,6 @@ def evaluate_cmd(models: Annotated[list[str], typer.Argument(help="One or more m
 
     Example: poolcli evaluate fixtures/digits-cnn.safetensors fixtures/digits-resnet.safetensors --data digits:test --json
     """
-    torch.set_grad_enabled(False)
     doc = evaluate_models(models, data, weights=weights, device=device, batch_size=batch_size, workers=workers, seed=seed,
                           classes=classes, limit=limit, max_per_class=max_per_class)
     if not STATE["quiet"]:

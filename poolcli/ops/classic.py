@@ -51,9 +51,10 @@ class SPoC(nn.Module):
         self.centre_prior = centre_prior
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # accumulate half inputs in fp32
         if self.centre_prior:
-            x = x * spoc_centre_prior(*x.shape[-2:], device=x.device, dtype=x.dtype)
-        return x.sum((2, 3), keepdim=True)
+            xf = xf * spoc_centre_prior(*x.shape[-2:], device=x.device, dtype=xf.dtype)
+        return xf.sum((2, 3), keepdim=True).to(x.dtype)
 
 
 class MAC(nn.Module):
