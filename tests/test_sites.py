@@ -58,7 +58,6 @@ def test_googlenet_branch_pools_are_shape_preserving():
 
 
 def test_unused_pool_is_reported():
-    import torch
     from torch import nn
 
     class M(nn.Module):

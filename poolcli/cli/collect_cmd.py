@@ -1,6 +1,7 @@
 """poolcli collect / poolcli stats merge: streaming scatter statistics at a site."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,7 +12,7 @@ from ..errors import BadInputError
 from ..pipeline.collect import collect_stats, merge_stats, save_stats
 from ..runtime import resolve_device, seed_everything
 from .app import app
-from .common import (BatchOpt, ClassesOpt, DataOpt, DeviceOpt, InputSizeOpt, JsonOpt, LimitOpt, ModelArg, STATE, SeedOpt,
+from .common import (BatchOpt, ClassesOpt, DataOpt, DeviceOpt, InputSizeOpt, JsonOpt, LimitOpt, ModelArg, SeedOpt,
                      WeightsOpt, WorkersOpt, emit_json, info, load_bundle, progress)
 
 SiteOpt = Annotated[str, typer.Option("--site", "-s", help="Site: an alias (@down3, @global) or a module path.")]
@@ -72,7 +73,7 @@ def collect_cmd(model: ModelArg, site: SiteOpt, output: Annotated[Path, typer.Op
     stats, meta = run_collect(model, data, site, weights=weights, input_size=input_size, at=at, classes=classes, limit=limit,
                               max_per_class=max_per_class, device=device, batch_size=batch_size, workers=workers, seed=seed,
                               shard=shard, checkpoint=partial if checkpoint_every else None, checkpoint_every=checkpoint_every)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank holds the all-reduced sums; one writes
         save_stats(output, stats, meta)
         partial.unlink(missing_ok=True)
         info(f"collected {meta['images']} images at {meta['site']} ({meta['channels']}×{meta['grid'][0]}×{meta['grid'][1]}) → {output}")

@@ -36,12 +36,12 @@ def output_for(base: Path | None, alpha: float, many: bool) -> Path | None:
 
 def run_fit(stats, meta: dict[str, Any], alphas: list[float], *, k: int, norm: str, stride: int, solver: str,
             output: Path | None, plot: Path | None) -> dict[str, Any]:
+    if int((stats.counts[stats.present_classes()] < 2).sum()):
+        raise BadInputError("a class has fewer than 2 images; the within-class scatter is undefined (drop it with --classes)")
     try:
         D, B = stats.scatter()
     except ValueError as e:
         raise BadInputError(str(e)) from None
-    if int((stats.counts[stats.present_classes()] < 2).sum()):
-        raise BadInputError("a class has fewer than 2 images; the within-class scatter is undefined (drop it with --classes)")
     grid = tuple(meta["grid"])
     fits = []
     for alpha in alphas:

@@ -52,7 +52,6 @@ def solve_exact(A: torch.Tensor, B: torch.Tensor, penalty: torch.Tensor, alpha: 
     kk = min(k + 1, n)
     vecs, vals, guard = [], [], []
     for c in penalty.double().numpy():
-        g = b + alpha * (c[:, None] * 0 + 0)  # placeholder to keep dtype; replaced below
         g = b.copy()
         g[range(n), range(n)] += alpha * c
         w, v = scipy.linalg.eigh(a, g, subset_by_index=[n - kk, n - 1], driver="gvx")
