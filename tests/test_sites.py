@@ -57,6 +57,13 @@ def test_googlenet_branch_pools_are_shape_preserving():
     assert branch and all(s.role == "shape-preserving" and s.alias is None for s in branch)
 
 
+def test_functional_sites_are_marked_fx_when_traceable():
+    for spec in ("tv:densenet121", "tv:mobilenet_v2"):
+        bundle = build_model(spec)
+        head = discover_sites(bundle.module, bundle.input_size).resolve("@global")
+        assert head.kind == "functional-pool" and head.swappable_by == "fx"
+
+
 def test_unused_pool_is_reported():
     from torch import nn
 

@@ -23,7 +23,7 @@ def render_sites(report: SiteReport, title: str) -> Table:
         table.add_column(col, justify="right" if col in ("#", "MACs", "share") else "left", overflow="fold")
     for s in report.sites:
         ks = f"{'x'.join(map(str, s.kernel))}/{'x'.join(map(str, s.stride))}" if s.kernel and s.stride else "-"
-        role = s.role + (f", {s.calls} calls" if s.calls > 1 else "") + (", FX/adapter only" if s.swappable_by == "none" else "")
+        role = s.role + (f", {s.calls} calls" if s.calls > 1 else "") + {"fx": ", swap via FX", "none": ", not swappable (untraceable)"}.get(s.swappable_by, "")
         share = f"{100 * s.macs / report.total_macs:.2f}%" if report.total_macs else "-"
         style = "dim" if s.role in ("internal-global", "shape-preserving") else None
         table.add_row(str(s.order), s.alias or "", s.path, s.kind, s.op, ks, f"{_shape(s.in_shape)} → {_shape(s.out_shape)}",

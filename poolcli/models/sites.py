@@ -284,11 +284,37 @@ def discover_sites(model: nn.Module, input_size: tuple[int, int, int], device: s
     for i, s in enumerate(sites):
         s.order = i
         s.calls = max(s.calls, rec.calls.get(s.path, 1))
+    _mark_fx(model, sites)
     _assign_roles(sites, ends, rec.spatial_events)
     stages = _assign_stages(sites)
     called = set(rec.calls)
     unused = [n for n, m in model.named_modules() if n and n not in called and (is_pool_module(m) or is_strided_conv(m))]
     return SiteReport(sites=sites, total_macs=rec.macs_total, input_size=tuple(input_size), unused_pools=unused, stages=stages)
+
+
+_FX_NAMES = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "max_pool2d", "avg_pool2d", "lp_pool2d", "mean", "amax", "sum"}
+
+
+def _mark_fx(model: nn.Module, sites: list[Site]) -> None:
+    """Functional sites become ``swappable_by="fx"`` when torch.fx traces the model and has such a node."""
+    functional = [s for s in sites if s.kind == "functional-pool"]
+    if not functional:
+        return
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - untraceable models (control flow, dynamic shapes) stay "none"
+        return
+    found = set()
+    for node in graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+            owner = next(iter(node.meta.get("nn_module_stack", {}) or {}), "")
+            found.add((owner, name))
+            found.add(("*", name))
+    for s in functional:
+        base = s.op.split("(")[0]
+        if ("*", base) in found and base in _FX_NAMES:
+            s.swappable_by = "fx"
 
 
 def _assign_roles(sites: list[Site], ends: dict[int, int], events: list[tuple[int, int]]) -> None:
