@@ -119,7 +119,6 @@ def solve_lobpcg(A_factor: torch.Tensor, B: torch.Tensor, penalty: torch.Tensor,
     X, GX = _svqb(X, GX, 1e-14)
     AX = _apply_A(A_factor, X, dense)
     P = None
-    lam = None
     it = 0
     rel = math.inf
     for it in range(1, max_iter + 1):

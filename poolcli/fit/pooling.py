@@ -52,6 +52,11 @@ def quadratic(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return ((v @ M) * v).sum(1)
 
 
+def between(D: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """vᵀ A v = ‖Dᵀ v‖² for rows of v, with A = D Dᵀ never formed."""
+    return ((v @ D) ** 2).sum(1)
+
+
 def _normalise(vecs: torch.Tensor, norm: str) -> torch.Tensor:
     """vecs [M, N, k] → normalised by ℓ1/ℓ2 per map, sign so that the sum is positive."""
     total = vecs.sum(1, keepdim=True)
@@ -89,7 +94,7 @@ def fit_pooling(D: torch.Tensor, B: torch.Tensor, in_hw: tuple[int, int], *, str
     Br = B + ridge * torch.eye(n, dtype=B.dtype) if ridge else B
     method = ("exact" if n <= 256 else "lobpcg") if solver == "auto" else solver
     if method == "exact":
-        res = solve_exact(D @ D.t(), Br, penalty, alpha, k)
+        res = solve_exact(D @ D.t(), Br, penalty, alpha, k)  # LAPACK needs A dense; N ≤ 256 here by default
     elif method == "lobpcg":
         res = solve_lobpcg(D, Br, penalty, alpha, k, tol=tol, seed=seed)
     else:
@@ -97,9 +102,8 @@ def fit_pooling(D: torch.Tensor, B: torch.Tensor, in_hw: tuple[int, int], *, str
     vecs = _normalise(res.vectors, norm)
     top = vecs[:, :, 0]
     avg = average_vectors(in_hw, out_hw)
-    A = D @ D.t()
-    ratio = quadratic(A, top) / quadratic(B, top)
-    avg_ratio = quadratic(A, avg) / quadratic(B, avg)
+    ratio = between(D, top) / quadratic(B, top)
+    avg_ratio = between(D, avg) / quadratic(B, avg)
     return PoolingFit(P=vecs.permute(2, 0, 1).float().contiguous(), eigenvalues=res.values, guard=res.guard, ratio=ratio,
                       avg_ratio=avg_ratio, in_hw=tuple(in_hw), out_hw=out_hw, alpha=float(alpha), norm=norm, ridge=ridge, b_scale=b_scale,
                       solver=method, iterations=res.iterations, residual=res.residual if not math.isnan(res.residual) else 0.0)

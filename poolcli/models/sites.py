@@ -304,16 +304,11 @@ def _mark_fx(model: nn.Module, sites: list[Site]) -> None:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - untraceable models (control flow, dynamic shapes) stay "none"
         return
-    found = set()
-    for node in graph.nodes:
-        if node.op in ("call_function", "call_method"):
-            name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-            owner = next(iter(node.meta.get("nn_module_stack", {}) or {}), "")
-            found.add((owner, name))
-            found.add(("*", name))
+    traced = {node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+              for node in graph.nodes if node.op in ("call_function", "call_method")}
     for s in functional:
         base = s.op.split("(")[0]
-        if ("*", base) in found and base in _FX_NAMES:
+        if base in traced and base in _FX_NAMES:
             s.swappable_by = "fx"
 
 
