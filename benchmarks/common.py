@@ -21,3 +21,23 @@ def best_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> flo
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def saved_bytes(forward: Callable[[], torch.Tensor], exclude: tuple[torch.Tensor, ...] = ()) -> tuple[int, torch.Tensor]:
+    """Bytes the autograd graph of ``forward()`` keeps alive for backward, counted once per storage.
+
+    Storages of ``exclude`` (the inputs and parameters the caller holds anyway) are not counted, nor is
+    the output: what remains is the extra memory a layer costs between its forward and its backward.
+    Returns (bytes, output) so the caller can run the backward.
+    """
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    skip = {t.untyped_storage().data_ptr() for t in (*exclude, out)}
+    return sum(n for ptr, n in storages.items() if ptr not in skip), out

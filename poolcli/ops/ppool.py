@@ -10,6 +10,10 @@ The backward is closed form (no autograd graph over the k² taps):
   ∂y/∂α   = Σ_i p_i (ln x̃_i − ln m)(x_i − y),     p_i = w_i / Σ w.
 Negative inputs: ``negative="shift"`` pools x − s and adds s back, s = min(0, min of each map)
 (paper §3.2: f(R − x_min) + x_min, applied only when a map has negative values); ``"clamp"`` clips at 0.
+
+Two implementations of the same maths: on CPU float32/float64 a fused C kernel (kernels/ppool.c, one
+pass per image plane with the shift/clamp, ln x̃ and the window sums fused, see native.py), elsewhere
+(CUDA, no C compiler, ``POOLCLI_NATIVE=0``) the torch tap loop below. Tests hold them to each other.
 """
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .windows import out_size, pad, pair, taps
+
+_MODES = {"shift": 1, "clamp": 2}
 
 
 def _log_tilde(x: torch.Tensor) -> torch.Tensor:
@@ -86,9 +93,60 @@ class _PPool(torch.autograd.Function):
         return gx, galpha, None, None, None
 
 
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class _PPoolNative(torch.autograd.Function):
+    """The fused CPU kernel; shift/clamp of negative inputs happens inside (mode), as do their gradients."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, k, s, p, mode):
+        lib = native.load("ppool")
+        b, c, h, w = x.shape
+        ho, wo = out_size(h, w, k, s, p)
+        x = x.contiguous()
+        a = alpha.expand(b, c, ho, wo)  # stride 0 on broadcast dims: the kernel reads α in place
+        y = torch.empty(b, c, ho, wo, dtype=x.dtype)
+        fwd = lib.ppool_fwd_f64 if x.dtype == torch.float64 else lib.ppool_fwd_f32
+        geom = (c, h, w, ho, wo, *k, *s, *p, mode)
+        native.run_planes(lambda n0, n1: fwd(_ptr(x), _ptr(a), *a.stride(), _ptr(y), *geom, n0, n1),
+                          b * c, ho * wo * k[0] * k[1])
+        ctx.save_for_backward(x, alpha, y)
+        ctx.geom = (k, s, p, mode)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        lib = native.load("ppool")
+        x, alpha, y = ctx.saved_tensors
+        k, s, p, mode = ctx.geom
+        b, c, h, w = x.shape
+        ho, wo = y.shape[-2:]
+        gy = gy.contiguous()
+        a = alpha.expand(b, c, ho, wo)
+        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        ga = torch.empty_like(y) if ctx.needs_input_grad[1] else None
+        bwd = lib.ppool_bwd_f64 if x.dtype == torch.float64 else lib.ppool_bwd_f32
+        geom = (c, h, w, ho, wo, *k, *s, *p, mode)
+        native.run_planes(lambda n0, n1: bwd(_ptr(x), _ptr(a), *a.stride(), _ptr(y), _ptr(gy), _ptr(gx), _ptr(ga),
+                                             *geom, n0, n1), b * c, ho * wo * k[0] * k[1])
+        if ga is not None:
+            ga = ga.sum_to_size(alpha.shape)
+        return gx, ga, None, None, None, None
+
+
+def _use_native(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dim() == 4 and x.numel() > 0 and native.load("ppool") is not None
+
+
 def p_pool2d(x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride=None, padding=0,
-             negative: str = "shift") -> torch.Tensor:
-    """Functional P-pooling. ``alpha``: a number, or a tensor broadcastable to [B, C, Ho, Wo] (α ≥ 0)."""
+             negative: str = "shift", impl: str = "auto") -> torch.Tensor:
+    """Functional P-pooling. ``alpha``: a number, or a tensor broadcastable to [B, C, Ho, Wo] (clipped at 0).
+
+    ``impl``: "auto" (the fused C kernel where it applies, else torch), "native" (the kernel, an error
+    where it cannot run) or "torch" (the tap loop, any device).
+    """
     k = pair(kernel_size)
     s = pair(stride if stride is not None else kernel_size)
     p = pair(padding)
@@ -96,14 +154,21 @@ def p_pool2d(x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.to(work)
     a = alpha.to(work) if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha), dtype=work, device=x.device)
-    a = a.clamp(min=0).reshape(a.shape if a.dim() == 4 else (1,) * (4 - a.dim()) + tuple(a.shape))
+    a = a.reshape(a.shape if a.dim() == 4 else (1,) * (4 - a.dim()) + tuple(a.shape))
+    if negative not in _MODES:
+        raise ValueError(f"negative must be 'shift' or 'clamp', not {negative!r}")
+    if impl not in ("auto", "native", "torch"):
+        raise ValueError(f"impl must be 'auto', 'native' or 'torch', not {impl!r}")
+    if impl == "native" and not _use_native(x):
+        raise RuntimeError(f"native P-pooling unavailable for this input: {native.native_status()['ppool']}")
+    if impl != "torch" and _use_native(x):  # clamps α at 0 inside
+        return _PPoolNative.apply(x, a, k, s, p, _MODES[negative]).to(out_dtype)
+    a = a.clamp(min=0)
     if negative == "clamp":
         y = _PPool.apply(x.clamp(min=0), a, k, s, p)
     elif negative == "shift":
         shift = torch.clamp(x.amin(dim=(2, 3), keepdim=True), max=0.0)
         y = _PPool.apply(x - shift, a, k, s, p) + shift
-    else:
-        raise ValueError(f"negative must be 'shift' or 'clamp', not {negative!r}")
     return y.to(out_dtype)
 
 
