@@ -82,6 +82,11 @@ def test_unexpected_failure_is_exit_1_one_line(cli, monkeypatch):
     assert code == 1 and "ZeroDivisionError" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_version_names_the_kernel_path(cli):
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith("poolcli ") and "ppool: " in out
+
+
 def test_help_and_module_entry():
     proc = run_subprocess("--help")
     assert proc.returncode == 0 and "inspect" in proc.stdout and "evaluate" in proc.stdout

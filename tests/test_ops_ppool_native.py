@@ -119,3 +119,31 @@ def test_build_is_cached_by_content(fresh_native):
     native._loaded.clear()  # a new process: found in the cache, not rebuilt
     assert native.load("ppool") is not None
     assert list(fresh_native.rglob("ppool-*.so")) == built and built[0].stat().st_mtime_ns == stamp
+
+
+def test_loading_leaves_denormals_alone():
+    """The kernel is compiled with -ffast-math but linked without it: no process-wide flush-to-zero."""
+    native.load("ppool")
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a float32 denormal
+    assert (tiny * 1.0).item() != 0.0
+
+
+def test_used_after_fork_in_a_child():
+    import multiprocessing as mp
+
+    x = torch.rand(8, 16, 32, 32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        p_pool2d(x, 2.0, 2, impl="native")  # the parent's thread pool exists now
+    finally:
+        torch.set_num_threads(threads)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_child_pool, (x,)).get(timeout=60)  # a stale pool would hang: fail instead
+    assert torch.equal(got, p_pool2d(x, 2.0, 2, impl="native"))
+
+
+def _child_pool(x):
+    torch.set_num_threads(2)  # so that the child splits the work across the (inherited) thread pool too
+    return p_pool2d(x, 2.0, 2, impl="native")

@@ -26,8 +26,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if not value:
+        return
+    import torch
+
+    from .. import __version__
+    from ..ops.native import native_status
+
+    kernels = ", ".join(f"{name}: {how}" for name, how in native_status().items())
+    print(f"poolcli {__version__} (torch {torch.__version__}; kernels: {kernels})")
+    raise typer.Exit()
+
+
 @app.callback()
 def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and which kernels are native, then exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or human tables on stderr."),
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
 ) -> None:

@@ -47,6 +47,15 @@ _why: dict[str, str] = {}
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:  # a forked child inherits the pool object but not its threads
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def cache_dir() -> Path:
     root = os.environ.get("POOLCLI_CACHE_DIR")
     if root:

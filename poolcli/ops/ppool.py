@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from . import native
 from .windows import out_size, pad, pair, taps
@@ -60,6 +61,7 @@ class _PPool(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy):
         x, alpha, y, den, lm = ctx.saved_tensors
         k, s, p = ctx.geometry
@@ -117,6 +119,7 @@ class _PPoolNative(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy):
         lib = native.load("ppool")
         x, alpha, y = ctx.saved_tensors
