@@ -36,8 +36,8 @@ def main() -> None:
     print(f"# P-pooling fwd+bwd, {a.batch}x{a.channels}x{a.size}x{a.size} fp32, {machine()}")
     print(f"# p_pool2d implementation: {native.native_status()['ppool']}")
     rows = []
-    print("| k/s/p | max_pool2d | avg_pool2d | p_pool2d (α map) | unfold P-pool | P-pool / max | unfold / P-pool |")
-    print("|---|---|---|---|---|---|---|")
+    print("| k/s/p | max_pool2d | avg_pool2d | p_pool2d (α map) | torch path | unfold P-pool | P-pool / max | unfold / P-pool |")
+    print("|---|---|---|---|---|---|---|---|")
     for k, s, p in [(2, 2, 0), (3, 2, 1)]:
         x = torch.rand(a.batch, a.channels, a.size, a.size, requires_grad=True)
         ho = (a.size + 2 * p - k) // s + 1
@@ -53,16 +53,18 @@ def main() -> None:
             "max_pool2d": lambda: F.max_pool2d(x, k, s, p),
             "avg_pool2d": lambda: F.avg_pool2d(x, k, s, p, count_include_pad=False),
             "p_pool2d": lambda: p_pool2d(x, alpha, k, s, p),
+            "torch_path": lambda: p_pool2d(x, alpha, k, s, p, impl="torch"),
             "unfold": lambda: p_pool2d_unfold(x, alpha, k, s, p),
         }
         t = {name: best_time(run(f), a.repeat) for name, f in layers.items()}
         rows.append((f"{k}/{s}/{p}", {name: saved_bytes(f, (x, alpha))[0] for name, f in layers.items()}))
         print(f"| {k}/{s}/{p} | {t['max_pool2d'] * 1e3:.1f} ms | {t['avg_pool2d'] * 1e3:.1f} ms | {t['p_pool2d'] * 1e3:.1f} ms | "
-              f"{t['unfold'] * 1e3:.1f} ms | {t['p_pool2d'] / t['max_pool2d']:.2f}x | {t['unfold'] / t['p_pool2d']:.2f}x |")
-    print("\n| k/s/p | max_pool2d | avg_pool2d | p_pool2d | unfold P-pool |  (held for backward beyond input, α, output)")
-    print("|---|---|---|---|---|")
+              f"{t['torch_path'] * 1e3:.1f} ms | {t['unfold'] * 1e3:.1f} ms | {t['p_pool2d'] / t['max_pool2d']:.2f}x | {t['unfold'] / t['p_pool2d']:.2f}x |")
+    print("\n| k/s/p | max_pool2d | avg_pool2d | p_pool2d | torch path | unfold P-pool |  (held for backward beyond input, α, output)")
+    print("|---|---|---|---|---|---|")
     for geom, m in rows:
-        print(f"| {geom} | {mib(m['max_pool2d'])} | {mib(m['avg_pool2d'])} | {mib(m['p_pool2d'])} | {mib(m['unfold'])} |")
+        print(f"| {geom} | {mib(m['max_pool2d'])} | {mib(m['avg_pool2d'])} | {mib(m['p_pool2d'])} | {mib(m['torch_path'])} | "
+              f"{mib(m['unfold'])} |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,30 @@ def test_learned_with_average_weights_is_avg_pool():
     assert torch.allclose(layer(x), F.avg_pool2d(x, 2, 2), atol=1e-13)
 
 
+def test_learned_from_a_pooling_file_through_the_registry(tmp_path):
+    from poolcli.io.poolfile import write_pooling
+    from poolcli.ops.registry import build_op
+
+    avg = LearnedLinearPool.average(4, (6, 6), 2, 2)
+    mean, scale = torch.randn(4), torch.rand(4) + 0.5
+    write_pooling(tmp_path / "pool.safetensors", {"P": avg.P, "channel_mean": mean, "channel_scale": scale},
+                  {"in_grid": [6, 6], "out_grid": [3, 3]})
+    layer = build_from_spec(f"learned:{tmp_path / 'pool.safetensors'}")
+    x = torch.randn(2, 4, 6, 6)
+    assert torch.allclose(layer(x), F.avg_pool2d(x, 2), atol=1e-5)
+    assert torch.equal(layer.mean, mean) and not isinstance(layer.P, torch.nn.Parameter)
+    assert isinstance(build_from_spec(f"learned:{tmp_path / 'pool.safetensors'},trainable=true").P, torch.nn.Parameter)
+    # what a checkpoint records: grid params, with P/mean/scale from the state_dict
+    rebuilt = build_op("learned", layer.spec_params())
+    rebuilt.load_state_dict(layer.state_dict())
+    assert torch.equal(rebuilt(x), layer(x))
+    (tmp_path / "other.safetensors").write_bytes((tmp_path / "pool.safetensors").read_bytes()[:40])
+    with pytest.raises(BadInputError):
+        build_from_spec(f"learned:{tmp_path / 'other.safetensors'}")
+    with pytest.raises(BadInputError, match="file not found"):
+        build_from_spec(f"learned:{tmp_path / 'missing.safetensors'}")
+
+
 def test_learned_channel_layout_and_trainable():
     layer = LearnedLinearPool(3, (4, 4), (2, 2), k=2, trainable=True)
     P = torch.randn(2, 4, 16)

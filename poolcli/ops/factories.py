@@ -94,9 +94,14 @@ def _blur(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     return BlurPool2d(channels, filt_size=int(p.pop("filt_size", 3)), stride=int(p.pop("stride", 2)))
 
 
-@register("learned", "learned linear pooling: learned:channels=C,in_h=H,in_w=W,out_h=Ho,out_w=Wo,k=2 (P from the state_dict)")
+@register("learned", "learned linear pooling: learned:FILE[,trainable=true] (a fit-pooling file), or "
+                     "learned:channels=C,in_h=H,in_w=W,out_h=Ho,out_w=Wo,k=2 (P from the state_dict)")
 def _learned(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     if "file" in p:
-        raise TypeError("learned:FILE is resolved by the model layer (poolcli convert); here give the grid sizes")
+        # the one file read in ops: through the io layer, which does not import ops
+        from ..io.poolfile import read_pooling
+
+        tensors, meta = read_pooling(p["file"])
+        return LearnedLinearPool.from_tensors(tensors, meta, trainable=bool(p.get("trainable", False)))
     return LearnedLinearPool(int(p["channels"]), (int(p["in_h"]), int(p["in_w"])), (int(p["out_h"]), int(p["out_w"])),
                              k=int(p.get("k", 2)), trainable=bool(p.get("trainable", False)))

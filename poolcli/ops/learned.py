@@ -38,6 +38,19 @@ class LearnedLinearPool(nn.Module):
         return self
 
     @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, trainable: bool = False) -> "LearnedLinearPool":
+        """From a pooling file's contents (``poolcli.io.poolfile.read_pooling``): P, channel mean/scale, grids."""
+        P = tensors["P"]
+        mod = cls(int(tensors["channel_scale"].numel()), tuple(meta["in_grid"]), tuple(meta["out_grid"]), k=P.shape[0],
+                  trainable=trainable)
+        return mod.set_pooling(P, tensors["channel_mean"], tensors["channel_scale"])
+
+    def spec_params(self) -> dict[str, int | bool]:
+        """Registry params that rebuild this module's shape (its P, mean and scale live in the state_dict)."""
+        return {"channels": self.channels, "in_h": self.in_hw[0], "in_w": self.in_hw[1], "out_h": self.out_hw[0],
+                "out_w": self.out_hw[1], "k": self.k, "trainable": isinstance(self.P, nn.Parameter)}
+
+    @classmethod
     def average(cls, channels: int, in_hw: tuple[int, int], kernel: int, stride: int) -> "LearnedLinearPool":
         """P equal to average pooling with a kernel×kernel window (no padding): a reference point."""
         h, w = in_hw

@@ -6,30 +6,22 @@ from typing import Any
 
 import torch
 
-from ..errors import BadInputError
 from ..fit.pooling import PoolingFit
 from ..io.atomic import atomic_path
-from ..io.tensorfile import read_tensors, write_tensors
+from ..io.poolfile import read_pooling, write_pooling
 from ..ops.learned import LearnedLinearPool
-
-POOL_FORMAT = "poolcli.pooling"
 
 
 def save_pooling(path: Path | str, fit: PoolingFit, channel_mean: torch.Tensor, channel_scale: torch.Tensor,
                  meta: dict[str, Any]) -> None:
     tensors = {"P": fit.P, "eigenvalues": fit.eigenvalues, "ratio": fit.ratio, "avg_ratio": fit.avg_ratio,
                "channel_mean": channel_mean.float(), "channel_scale": channel_scale.float()}
-    write_tensors(path, tensors, {"format": POOL_FORMAT, "version": 1, **fit.summary(), **meta})
+    write_pooling(path, tensors, {**fit.summary(), **meta})
 
 
 def load_pooling_module(path: Path | str, trainable: bool = False) -> tuple[LearnedLinearPool, dict[str, Any]]:
-    tensors, meta = read_tensors(path)
-    if not meta or meta.get("format") != POOL_FORMAT:
-        raise BadInputError(f"{path} is not a poolcli pooling file; make one with 'poolcli fit-pooling'")
-    P = tensors["P"]
-    mod = LearnedLinearPool(int(tensors["channel_scale"].numel()), tuple(meta["in_grid"]), tuple(meta["out_grid"]), k=P.shape[0],
-                            trainable=trainable)
-    return mod.set_pooling(P, tensors["channel_mean"], tensors["channel_scale"]), meta
+    tensors, meta = read_pooling(path)
+    return LearnedLinearPool.from_tensors(tensors, meta, trainable=trainable), meta
 
 
 def plot_maps(path: Path | str, fit: PoolingFit, title: str = "") -> None:
