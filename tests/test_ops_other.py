@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from poolcli.errors import BadInputError
-from poolcli.ops.classic import GeM, RMAC, SPoC, gem, rmac_regions, soft_pool2d
+from poolcli.ops.classic import GeM, LPPool2d, RMAC, SPoC, gem, lp_pool2d, rmac_regions, soft_pool2d
 from poolcli.ops.learned import LearnedLinearPool
 from poolcli.ops.registry import build_from_spec, parse_op_spec
 
@@ -64,6 +64,30 @@ def test_gem_limits_and_gradcheck():
     assert GeM()(x.float()).shape == (2, 3, 1, 1)
 
 
+def test_lp_pool_definition_limits_and_gradcheck():
+    x = torch.rand(2, 3, 7, 6, dtype=torch.float64) + 0.01
+    for p in (1.0, 2.0, 3.5):
+        assert torch.allclose(lp_pool2d(x, p, 2, 2), F.lp_pool2d(x, p, 2, 2), atol=1e-12)  # torch's, for x ≥ 0
+    assert torch.allclose(lp_pool2d(x, 1.0, 3, 2, 1), F.avg_pool2d(x, 3, 2, 1, count_include_pad=True) * 9, atol=1e-12)
+    assert torch.allclose(lp_pool2d(x, 1.0), x.sum((2, 3), keepdim=True), atol=1e-12)  # global p=1: sum pooling
+    big = lp_pool2d(x, 400.0, 2, 2)
+    assert ((big - F.max_pool2d(x, 2, 2)) / F.max_pool2d(x, 2, 2)).abs().max() < 4e-3  # ≤ 4^(1/400) − 1
+    signed = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    assert torch.allclose(lp_pool2d(signed, 2.5, 2), lp_pool2d(signed.abs(), 2.5, 2))  # |x|: no NaN (torch gives NaN)
+    half = lp_pool2d(torch.full((1, 1, 4, 4), 3e4, dtype=torch.float16), 20.0, 2)  # x^20 would overflow even fp32
+    assert torch.allclose(half.float(), torch.full((1, 1, 2, 2), 3e4 * 4 ** (1 / 20)), rtol=2e-3)
+    p = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: lp_pool2d(a, b, 3, 2, 1), (x.requires_grad_(), p))
+    z = torch.zeros(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    lp_pool2d(z, 3.0, 2).sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))  # an all-zero window: 0 with zero gradient
+    layer = build_from_spec("lp:p=3,learnable=true", replaced=torch.nn.AdaptiveAvgPool2d(1))
+    assert isinstance(layer, LPPool2d) and layer.kernel_size is None and isinstance(layer.p, torch.nn.Parameter)
+    assert build_from_spec("lp:p=2", replaced=torch.nn.MaxPool2d(3, 2, 1)).kernel_size == 3
+    with pytest.raises(BadInputError, match="unexpected"):
+        build_from_spec("lp:q=2")
+
+
 def test_softpool_matches_definition_and_gradcheck():
     x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
     cols = F.unfold(x, 3, padding=1, stride=2).view(1, 2, 9, -1)
@@ -104,9 +128,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 @settings(max_examples=30, deadline=None)
 @given(b=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), scale=st.sampled_from([0.0, 1e-6, 1.0, 1e3, 6e4]),
-       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
-def test_classic_pools_finite(b, h, w, scale, dtype):
-    x = (torch.rand(b, 3, h, w) * scale).to(dtype)
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2**16))
+def test_classic_pools_finite(b, h, w, scale, dtype, seed):
+    x = (torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed)) * scale).to(dtype)
     for out in (gem(x.float(), 3.0).to(dtype), soft_pool2d(x, 1 if min(h, w) < 2 else 2), RMAC()(x.float())):
         assert torch.isfinite(out.float()).all()
     fits = x.float().sum((2, 3)).abs().max() < torch.finfo(dtype).max  # a sum beyond the dtype's range is inf by definition

@@ -33,6 +33,44 @@ class GeM(nn.Module):
         return gem(x, p, self.eps, self.kernel_size, self.stride)
 
 
+def lp_pool2d(x: torch.Tensor, p: torch.Tensor | float = 2.0, kernel_size=None, stride=None, padding=0) -> torch.Tensor:
+    """LP pooling (Sermanet et al.; torch's LPPool): y = (Σ_window |x|^p)^(1/p); the whole map when no kernel.
+
+    Unlike ``F.lp_pool2d`` it uses |x| (no NaN for fractional p on signed inputs), takes padding (zero
+    padding adds nothing to the sum), and is computed as c · (Σ |x/c|^p)^(1/p) with c the map's max |x|
+    (detached: y is 1-homogeneous, so the scale carries no gradient), so x^p cannot overflow for large p
+    or in half precision. A window whose sum is 0 gives 0 with zero gradient (as torch's). p = 1 is sum
+    pooling; p → ∞ is max pooling of |x|.
+    """
+    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    xa = x.to(work).abs()
+    c = xa.detach().amax((2, 3), keepdim=True).clamp(min=torch.finfo(work).tiny)
+    powers = (xa / c).pow(p)
+    if kernel_size is None:
+        total = powers.sum((2, 3), keepdim=True)
+    else:
+        k, s = pair(kernel_size), pair(stride or kernel_size)
+        total = F.avg_pool2d(powers, k, s, pair(padding), count_include_pad=True) * (k[0] * k[1])
+    positive = total > 0
+    y = c * torch.where(positive, total, torch.ones_like(total)).pow(1.0 / p)
+    return torch.where(positive, y, torch.zeros_like(y)).to(x.dtype)
+
+
+class LPPool2d(nn.Module):
+    """LP pooling with a fixed or learnable p (kept ≥ 1); global when ``kernel_size`` is None."""
+
+    is_poolcli_pool = True
+
+    def __init__(self, p: float = 2.0, learnable: bool = False, kernel_size=None, stride=None, padding=0):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p))) if learnable else float(p)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.clamp(min=1.0) if isinstance(self.p, torch.Tensor) else self.p
+        return lp_pool2d(x, p, self.kernel_size, self.stride, self.padding)
+
+
 def spoc_centre_prior(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
     """Babenko & Lempitsky's Gaussian centre prior: σ = 1/3 of the distance from the centre to the nearest border."""
     ys = torch.arange(h, device=device, dtype=dtype) - (h - 1) / 2
@@ -107,7 +145,12 @@ class RMAC(nn.Module):
 
 
 def soft_pool2d(x: torch.Tensor, kernel_size=2, stride=None, padding=0) -> torch.Tensor:
-    """SoftPool (Stergiou et al.): Σ softmax(x)·x per window, padding excluded; exact autograd gradient."""
+    """SoftPool (Stergiou et al.): Σ softmax(x)·x per window, padding excluded; exact autograd gradient.
+
+    Half inputs are pooled in float32 (Σ w·x over a window overflows fp16 near its max) and cast back.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return soft_pool2d(x.float(), kernel_size, stride, padding).to(x.dtype)
     k, s, p = pair(kernel_size), pair(stride or kernel_size), pair(padding)
     h, w = x.shape[-2:]
     ho, wo = out_size(h, w, k, s, p)

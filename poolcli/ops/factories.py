@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from .classic import MAC, RMAC, SPoC, GeM, SoftPool2d
+from .classic import MAC, RMAC, SPoC, GeM, LPPool2d, SoftPool2d
 from .gsp import GSP
 from .learned import LearnedLinearPool
 from .ppool import PPool2d
@@ -62,6 +62,18 @@ def _softpool(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
 @register("gem", "GeM: gem[:p=3,eps=1e-6,learnable=true] (global)")
 def _gem(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     return GeM(**p)
+
+
+@register("lp", "LP pooling (Σ|x|^p)^(1/p): lp[:p=2,learnable=false] global, or with kernel=K[,stride,padding] local")
+def _lp(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    power, learnable = float(p.pop("p", 2.0)), bool(p.pop("learnable", False))
+    window = {}
+    if "kernel" in p or hasattr(replaced, "kernel_size"):
+        k, s, pad = _window(p, replaced)
+        window = {"kernel_size": k, "stride": s, "padding": pad}
+    if p:
+        raise TypeError(f"unexpected parameters {sorted(p)}")
+    return LPPool2d(power, learnable, **window)
 
 
 @register("spoc", "sum pooling: spoc[:centre_prior=false] (global)")
