@@ -54,7 +54,8 @@ def run_fit(stats, meta: dict[str, Any], alphas: list[float], *, k: int, norm: s
         path = output_for(output, alpha, len(alphas) > 1)
         if path is not None:
             save_pooling(path, fit, stats.channel_mean, stats.channel_scale,
-                         {"site": meta["site"], "model": meta.get("model"), "data": meta.get("data"), "stride": stride})
+                         {"site": meta["site"], "at": meta.get("at", "input"), "model": meta.get("model"),
+                          "data": meta.get("data"), "stride": stride})
         if plot is not None:
             plot_maps(output_for(plot, alpha, len(alphas) > 1), fit, f"{meta.get('model', '')} {meta['site']}  α={alpha:g} {norm}")
         fits.append({**fit.summary(), "seconds": seconds, "file": str(path) if path else None,

@@ -1,6 +1,7 @@
 """Replace modules at dotted paths (``layer2.0.conv1``) and replay a checkpoint's swap list."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import nn
@@ -24,10 +25,29 @@ def set_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def destrided(conv: nn.Module) -> nn.Module:
+    """A copy of a strided conv that runs at stride 1 (same weights, padding, dilation, groups)."""
+    if not (isinstance(conv, nn.Conv2d) and max(conv.stride) > 1):
+        raise BadInputError(f"cannot destride a {type(conv).__name__}: only strided Conv2d sites run at stride 1 + pooling")
+    new = copy.deepcopy(conv)
+    new.stride = (1, 1)
+    return new
+
+
+def build_swap(old: nn.Module, pool: nn.Module, mode: str) -> nn.Module:
+    """What goes at a site: ``pool`` itself (``replace``), or the site's conv at stride 1 then ``pool`` (``destride``)."""
+    if mode == "replace":
+        return pool
+    if mode == "destride":
+        return nn.Sequential(destrided(old), pool)
+    raise BadInputError(f"unknown swap mode '{mode}' (replace or destride); the checkpoint may come from a newer poolcli")
+
+
 def apply_swaps(model: nn.Module, swaps: list[dict[str, Any]]) -> None:
-    """Replay ``[{"site": path, "op": name, "params": {...}}, ...]`` in order."""
+    """Replay ``[{"site": path, "op": name, "params": {...}, "mode": "replace"|"destride"}, ...]`` in order."""
     from ..ops.registry import build_op
 
     for swap in swaps:
         old = get_submodule(model, swap["site"])
-        set_submodule(model, swap["site"], build_op(swap["op"], dict(swap.get("params", {})), replaced=old))
+        pool = build_op(swap["op"], dict(swap.get("params", {})), replaced=old)
+        set_submodule(model, swap["site"], build_swap(old, pool, swap.get("mode", "replace")))

@@ -28,7 +28,10 @@ def _window(p: dict[str, Any], replaced: nn.Module | None) -> tuple[Any, Any, An
 
 
 def _channels(p: dict[str, Any], replaced: nn.Module | None) -> int:
-    c = p.pop("channels", None) or _inherit(replaced, "in_channels", None) or _inherit(replaced, "num_features", None)
+    """Channels the pool sees. Where it takes a strided conv's place, the conv runs at stride 1 before
+    it (destride), so that is the conv's output channels."""
+    c = (p.pop("channels", None) or _inherit(replaced, "out_channels", None) or _inherit(replaced, "in_channels", None)
+         or _inherit(replaced, "num_features", None))
     if c is None:
         raise TypeError("the number of input channels is unknown: add channels=C")
     return int(c)
@@ -46,7 +49,7 @@ def _max(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     return nn.MaxPool2d(k, s, pad, **p)
 
 
-@register("ppool", "P-pooling: ppool[:kernel=2,stride=2,padding=0,alpha=FIXED,alpha_init=8,alpha_max=50,channels=C]")
+@register("ppool", takes_channels=True, help="P-pooling: ppool[:kernel=2,stride=2,padding=0,alpha=FIXED,alpha_init=8,alpha_max=50,channels=C]")
 def _ppool(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     k, s, pad = _window(p, replaced)
     channels = _channels(p, replaced) if p.get("alpha") is None else int(p.pop("channels", 1))
@@ -91,19 +94,21 @@ def _rmac(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     return RMAC(**p)
 
 
-@register("gsp", "Generalized Sum Pooling: gsp[:m=64,mu=0.3,gamma=5,dim=C,channels=C] (global)")
+@register("gsp", takes_channels=True, help="Generalized Sum Pooling: gsp[:m=64,mu=0.3,gamma=5,dim=C,channels=C] (global)")
 def _gsp(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     channels = _channels(p, replaced)
     return GSP(channels, dim=p.pop("dim", None), num_prototypes=int(p.pop("m", 64)), mu=float(p.pop("mu", 0.3)),
                gamma=float(p.pop("gamma", 5.0)), flatten=bool(p.pop("flatten", False)), **p)
 
 
-@register("blur", "BlurPool (timm): blur[:channels=C,filt_size=3,stride=2]")
+@register("blur", takes_channels=True, help="BlurPool (timm): blur[:channels=C,filt_size=3,stride=2]")
 def _blur(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     from timm.layers import BlurPool2d
 
     channels = _channels(p, replaced)
-    return BlurPool2d(channels, filt_size=int(p.pop("filt_size", 3)), stride=int(p.pop("stride", 2)))
+    stride = p.pop("stride", _inherit(replaced, "stride", 2))
+    stride = int(stride[0] if isinstance(stride, (tuple, list)) else stride)
+    return BlurPool2d(channels, filt_size=int(p.pop("filt_size", 3)), stride=stride, **p)
 
 
 @register("learned", "learned linear pooling: learned:FILE[,trainable=true] (a fit-pooling file), or "

@@ -14,14 +14,24 @@ from ..errors import BadInputError
 
 Factory = Callable[[dict[str, Any], "nn.Module | None"], nn.Module]
 _REGISTRY: dict[str, tuple[Factory, str]] = {}
+_TAKES_CHANNELS: set[str] = set()
 
 
-def register(name: str, help: str = "") -> Callable[[Factory], Factory]:
+def register(name: str, help: str = "", takes_channels: bool = False) -> Callable[[Factory], Factory]:
+    """``takes_channels``: the operator has per-channel parameters and accepts ``channels=C`` (callers
+    that know the site's shape, like ``convert``, fill it in)."""
     def deco(fn: Factory) -> Factory:
         _REGISTRY[name] = (fn, help)
+        if takes_channels:
+            _TAKES_CHANNELS.add(name)
         return fn
 
     return deco
+
+
+def takes_channels(name: str) -> bool:
+    _load_builtin()
+    return name in _TAKES_CHANNELS
 
 
 def _value(text: str) -> Any:

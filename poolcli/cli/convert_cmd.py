@@ -1,0 +1,65 @@
+"""poolcli convert: swap pooling at sites and write a checkpoint that rebuilds the new model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..models.checkpoint import save_checkpoint
+from ..models.convert import convert, parse_swap
+from ..models.sites import discover_sites, format_macs
+from .app import app
+from .common import (InChansOpt, InputSizeOpt, JsonOpt, NumClassesOpt, STATE, WeightsOpt, console, emit_json, environment,
+                     load_bundle)
+
+
+def run_convert(model: str, swaps: list[str], output: Path, *, weights=None, num_classes=None, in_chans=None,
+                input_size=None, trainable: bool = False) -> dict[str, Any]:
+    bundle = load_bundle(model, weights, num_classes, in_chans, input_size)
+    report = discover_sites(bundle.module, bundle.input_size)
+    new, results = convert(bundle, [parse_swap(s) for s in swaps], trainable=trainable, report=report)
+    after = discover_sites(new.module, new.input_size)
+    save_checkpoint(new, None, output)
+    params = (sum(p.numel() for p in bundle.module.parameters()), sum(p.numel() for p in new.module.parameters()))
+    return {"schema": "poolcli.convert/1", "model": model, "output": str(output), "swaps": [r.to_dict() for r in results],
+            "manifest_swaps": new.swaps, "params": {"before": params[0], "after": params[1]},
+            "macs": {"before": report.total_macs, "after": after.total_macs},
+            "macs_definition": "multiply-accumulates of one image's forward pass (conv, linear, pooling taps)",
+            "environment": environment()}
+
+
+@app.command("convert")
+def convert_cmd(model: Annotated[str, typer.Argument(help="Model to convert (checkpoint, timm:NAME, tv:NAME, poolcli:NAME).")],
+                swap: Annotated[list[str], typer.Option("--swap", help="SITE=OP, repeatable: @down3=learned:pool.safetensors, "
+                                                        "@down1=ppool, @global=gem:p=3 (operators: see README).")],
+                output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+                trainable: Annotated[bool, typer.Option("--trainable", help="Make learned pooling weights P trainable.")] = False,
+                weights: WeightsOpt = None, num_classes: NumClassesOpt = None, in_chans: InChansOpt = None,
+                input_size: InputSizeOpt = None, json_out: JsonOpt = False) -> None:
+    """Swap the pooling at one or more sites and write a poolcli checkpoint.
+
+    Pool sites are replaced; a strided conv is replaced by learned pooling fitted --at input, and otherwise
+    runs at stride 1 followed by the new pooling (same output grid). Every swapped site must keep its
+    output shape.
+
+    Example: poolcli convert fixtures/digits-cnn.safetensors --swap @down3=learned:pool.safetensors -o learned.safetensors
+    """
+    doc = run_convert(model, swap, output, weights=weights, num_classes=num_classes, in_chans=in_chans,
+                      input_size=input_size, trainable=trainable)
+    if not STATE["quiet"]:
+        table = Table(title=f"convert {model} → {output}", title_justify="left")
+        for col in ("site", "kind", "was", "now", "mode", "output", "params was → now"):
+            table.add_column(col)
+        for r in doc["swaps"]:
+            site = f"{r['alias']} ({r['site']})" if r["alias"] else r["site"]
+            table.add_row(site, r["kind"], r["old"], r["new"], r["mode"], "×".join(map(str, r["shape"])),
+                          f"{r['params_before']:,} → {r['params_after']:,}")
+        con = console()
+        con.print(table)
+        m, p = doc["macs"], doc["params"]
+        con.print(f"model: {format_macs(m['before'])} → {format_macs(m['after'])} MACs per image, "
+                  f"{p['before'] / 1e6:.2f}M → {p['after'] / 1e6:.2f}M parameters")
+    if json_out:
+        emit_json(doc)
