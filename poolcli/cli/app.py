@@ -51,7 +51,7 @@ def _root(
 
 
 def _register() -> None:
-    from . import collect_cmd, convert_cmd, evaluate_cmd, fit_cmd, inspect_cmd  # noqa: F401  (each module adds its command to `app`)
+    from . import collect_cmd, convert_cmd, evaluate_cmd, finetune_cmd, fit_cmd, inspect_cmd  # noqa: F401  (each module adds its command to `app`)
 
 
 def _click_exceptions() -> list:

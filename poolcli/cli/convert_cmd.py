@@ -11,15 +11,15 @@ from ..models.checkpoint import save_checkpoint
 from ..models.convert import convert, parse_swap
 from ..models.sites import discover_sites, format_macs
 from .app import app
-from .common import (InChansOpt, InputSizeOpt, JsonOpt, NumClassesOpt, STATE, WeightsOpt, console, emit_json, environment,
+from .common import (InChansOpt, InputSizeOpt, JsonOpt, NumClassesOpt, STATE, SeedOpt, WeightsOpt, console, emit_json, environment,
                      load_bundle)
 
 
 def run_convert(model: str, swaps: list[str], output: Path, *, weights=None, num_classes=None, in_chans=None,
-                input_size=None, trainable: bool = False) -> dict[str, Any]:
+                input_size=None, trainable: bool = False, seed: int = 0) -> dict[str, Any]:
     bundle = load_bundle(model, weights, num_classes, in_chans, input_size)
     report = discover_sites(bundle.module, bundle.input_size)
-    new, results = convert(bundle, [parse_swap(s) for s in swaps], trainable=trainable, report=report)
+    new, results = convert(bundle, [parse_swap(s) for s in swaps], trainable=trainable, report=report, seed=seed)
     after = discover_sites(new.module, new.input_size)
     save_checkpoint(new, None, output)
     params = (sum(p.numel() for p in bundle.module.parameters()), sum(p.numel() for p in new.module.parameters()))
@@ -37,7 +37,7 @@ def convert_cmd(model: Annotated[str, typer.Argument(help="Model to convert (che
                 output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
                 trainable: Annotated[bool, typer.Option("--trainable", help="Make learned pooling weights P trainable.")] = False,
                 weights: WeightsOpt = None, num_classes: NumClassesOpt = None, in_chans: InChansOpt = None,
-                input_size: InputSizeOpt = None, json_out: JsonOpt = False) -> None:
+                input_size: InputSizeOpt = None, seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
     """Swap the pooling at one or more sites and write a poolcli checkpoint.
 
     Pool sites are replaced; a strided conv is replaced by learned pooling fitted --at input, and otherwise
@@ -47,7 +47,7 @@ def convert_cmd(model: Annotated[str, typer.Argument(help="Model to convert (che
     Example: poolcli convert fixtures/digits-cnn.safetensors --swap @down3=learned:pool.safetensors -o learned.safetensors
     """
     doc = run_convert(model, swap, output, weights=weights, num_classes=num_classes, in_chans=in_chans,
-                      input_size=input_size, trainable=trainable)
+                      input_size=input_size, trainable=trainable, seed=seed)
     if not STATE["quiet"]:
         table = Table(title=f"convert {model} → {output}", title_justify="left")
         for col in ("site", "kind", "was", "now", "mode", "output", "params was → now"):

@@ -27,6 +27,7 @@ from ..errors import BadInputError
 from ..io.poolfile import read_pooling
 from ..ops.learned import LearnedLinearPool
 from ..ops.registry import build_op, parse_op_spec, takes_channels
+from ..runtime import seed_everything
 from .bundle import ModelBundle
 from .sites import Site, SiteReport, discover_sites
 from .surgery import build_swap, get_submodule, set_submodule
@@ -125,10 +126,14 @@ def _site_outputs(model: nn.Module, paths: list[str], input_size: tuple[int, int
 
 
 def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool = False,
-            report: SiteReport | None = None) -> tuple[ModelBundle, list[SwapResult]]:
-    """A new bundle with ``swaps`` (``[(site, op_spec), ...]``) applied; ``bundle`` is left untouched."""
+            report: SiteReport | None = None, seed: int = 0) -> tuple[ModelBundle, list[SwapResult]]:
+    """A new bundle with ``swaps`` (``[(site, op_spec), ...]``) applied; ``bundle`` is left untouched.
+
+    New operators' random initialisation (P-pooling's side branch, GSP's projection) is drawn from ``seed``.
+    """
     if not swaps:
         raise BadInputError("nothing to convert: give at least one --swap SITE=OP")
+    seed_everything(seed)
     report = report or discover_sites(bundle.module, bundle.input_size)
     module = copy.deepcopy(bundle.module)
     records, results, seen = [], [], set()

@@ -12,8 +12,31 @@ from torch.utils.data import DataLoader
 from ..data.augment import random_shift
 
 
-def make_optimizer(module: nn.Module, name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    params = [p for p in module.parameters() if p.requires_grad]
+def param_groups(module: nn.Module, lr: float, weight_decay: float, pool_paths: list[str] = (), pool_lr_mult: float = 1.0,
+                 only_pools: bool = False) -> list[dict]:
+    """Optimizer groups: parameters under ``pool_paths`` (swapped pooling sites) get lr × ``pool_lr_mult`` and no
+    weight decay (a pooling exponent pulled towards 0 would turn GeM/P-pooling into a sum; the cirtorch recipe);
+    with ``only_pools`` everything else is frozen."""
+    pool_ids = {id(p) for path in pool_paths for p in module.get_submodule(path).parameters()}
+    pools, rest = [], []
+    for p in module.parameters():
+        if id(p) in pool_ids:
+            pools.append(p)
+        elif only_pools:
+            p.requires_grad_(False)
+        elif p.requires_grad:
+            rest.append(p)
+    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}] if rest else []
+    if pools:
+        groups.append({"params": pools, "lr": lr * pool_lr_mult, "weight_decay": 0.0})
+    if not groups:
+        raise ValueError("no trainable parameters: nothing to fine-tune")
+    return groups
+
+
+def make_optimizer(module: nn.Module | list[dict], name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """An optimizer over ``module``'s trainable parameters, or over given parameter groups."""
+    params = module if isinstance(module, list) else [p for p in module.parameters() if p.requires_grad]
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
@@ -25,15 +48,18 @@ def make_optimizer(module: nn.Module, name: str, lr: float, weight_decay: float 
 
 def train_classifier(module: nn.Module, loader: DataLoader, *, epochs: int, lr: float, device: torch.device,
                      optimizer: str = "adam", weight_decay: float = 0.0, max_shift: int = 0, seed: int = 0,
-                     cosine: bool = True, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train with cross-entropy; returns one record per epoch (loss, accuracy, seconds)."""
-    module.to(device).train()
-    opt = make_optimizer(module, optimizer, lr, weight_decay)
+                     cosine: bool = True, on_epoch: Callable[[dict], None] | None = None,
+                     groups: list[dict] | None = None, validate: Callable[[], dict] | None = None) -> list[dict]:
+    """Train with cross-entropy; returns one record per epoch (loss, accuracy, seconds, and ``validate()``'s
+    metrics when given). ``groups``: optimizer parameter groups (default: all trainable parameters)."""
+    module.to(device)
+    opt = make_optimizer(groups if groups is not None else module, optimizer, lr, weight_decay)
     steps = max(1, epochs * len(loader))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cosine else None
     gen = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(epochs):
+        module.train()
         t0 = time.perf_counter()
         loss_sum, correct, n = 0.0, 0, 0
         for x, y in loader:
@@ -51,6 +77,9 @@ def train_classifier(module: nn.Module, loader: DataLoader, *, epochs: int, lr: 
             n += y.numel()
         rec = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1),
                "seconds": time.perf_counter() - t0}
+        if validate is not None:
+            module.eval()
+            rec.update(validate())
         history.append(rec)
         if on_epoch:
             on_epoch(rec)

@@ -1,0 +1,86 @@
+"""Fine-tune a (converted) model on a dataset and keep its checkpoint manifest.
+
+After ``convert`` the layers behind a swapped site were trained on the old site's features; a short
+fine-tune of the whole network (or of the new pooling only, ``only_pools``) adapts them. Parameters of
+the swapped sites get ``pool_lr_mult`` × the learning rate and no weight decay.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..data.specs import make_loader, open_dataset
+from ..errors import BadInputError
+from ..evaluate.classification import evaluate_classifier
+from ..models.bundle import ModelBundle
+from ..runtime import resolve_device, seed_everything
+from ..train.loop import param_groups, train_classifier
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    data: str = "digits:train"
+    val: str | None = None
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    shift: int = 0
+    only_pools: bool = False
+    pool_lr_mult: float = 10.0
+    classes: str | None = None
+    limit: int | None = None
+    max_per_class: int | None = None
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise BadInputError(f"--epochs must be ≥ 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise BadInputError(f"--lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise BadInputError(f"unknown --optimizer '{self.optimizer}': use adam, adamw or sgd")
+        if self.shift < 0:
+            raise BadInputError(f"--shift must be ≥ 0, got {self.shift}")
+
+
+def finetune(bundle: ModelBundle, cfg: FinetuneConfig,
+             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[ModelBundle, dict[str, Any]]:
+    """Train ``bundle.module`` in place; returns the bundle (manifest extra updated) and a report."""
+    cfg.check()
+    seed_everything(cfg.seed)
+    dev = resolve_device(cfg.device)
+    common = dict(input_size=bundle.input_size, mean=bundle.mean, std=bundle.std, classes=cfg.classes, seed=cfg.seed)
+    train = open_dataset(cfg.data, default_split="train", limit=cfg.limit, max_per_class=cfg.max_per_class, **common)
+    outputs = bundle.num_classes
+    if outputs is not None and int(train.labels.max()) >= outputs:
+        raise BadInputError(f"{cfg.data} has labels up to {int(train.labels.max())} but the model has {outputs} outputs; "
+                            "select classes with --classes or build the model with --num-classes")
+    val = open_dataset(cfg.val, default_split="test", **common) if cfg.val else None
+    pool_paths = [s["site"] for s in bundle.swaps]
+    try:
+        groups = param_groups(bundle.module, cfg.lr, cfg.weight_decay, pool_paths, cfg.pool_lr_mult, cfg.only_pools)
+    except ValueError as e:
+        raise BadInputError(f"{e}; {'drop --only-pools or ' if cfg.only_pools else ''}convert the model first") from None
+    loader = make_loader(train, cfg.batch_size, cfg.workers, shuffle=True, seed=cfg.seed, drop_last=len(train) > cfg.batch_size)
+
+    def validate() -> dict[str, float]:
+        m = evaluate_classifier(bundle.module, make_loader(val, cfg.batch_size, cfg.workers), dev)
+        return {"val_top1": m["top1"], "val_loss": m["loss"]}
+
+    trainable = sum(p.numel() for g in groups for p in g["params"])
+    t0 = time.perf_counter()
+    history = train_classifier(bundle.module, loader, epochs=cfg.epochs, lr=cfg.lr, device=dev, optimizer=cfg.optimizer,
+                               weight_decay=cfg.weight_decay, max_shift=cfg.shift, seed=cfg.seed, on_epoch=on_epoch,
+                               groups=groups, validate=validate if val is not None else None)
+    bundle.module.to("cpu").eval()
+    record = {**dataclasses.asdict(cfg), "device": str(dev), "images": len(train), "trainable_params": trainable,
+              "pool_sites": pool_paths, "seconds": round(time.perf_counter() - t0, 1), "final": history[-1]}
+    extra = {**bundle.extra, "finetune": [*bundle.extra.get("finetune", []), record]}
+    return dataclasses.replace(bundle, extra=extra), {"schema": "poolcli.finetune/1", **record, "history": history}
