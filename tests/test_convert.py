@@ -131,3 +131,13 @@ def test_cli_convert_error_writes_nothing(tmp_path, cli):
     code, _, err = cli("convert", CNN, "--swap", "@down1=fancy", "-o", out)
     assert code == 2 and "unknown pooling operator" in err and not out.exists()
     assert len(err.strip().splitlines()) == 1
+
+
+def test_timm_head_pool_that_flattens_keeps_flattening(tmp_path):
+    bundle = build_model("timm:resnet18", num_classes=4, input_size="3x32x32")
+    new, (r,) = convert(bundle, [("@global", "gem")])
+    assert r.shape == [512] and new.swaps[-1]["flatten"] is True
+    save_checkpoint(new, None, tmp_path / "t.safetensors")
+    x = _x(bundle, 2)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(tmp_path / "t.safetensors").module(x), new.module.eval()(x))

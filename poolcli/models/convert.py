@@ -154,14 +154,16 @@ def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool =
             if params:
                 raise BadInputError(f"bad --swap '{spec}': learned:FILE takes only trainable=true|false")
             record, _, pool = _learned_swap(source, site, old, want_trainable)
-            new = build_swap(old, pool, record["mode"])
         else:
             is_strided_conv = isinstance(old, nn.Conv2d) and max(old.stride) > 1
             if takes_channels(name) and "channels" not in params and site.out_shape:
                 # the channels the pool sees: the site's output (a destrided conv keeps them; a pool keeps them)
                 params = {**params, "channels": int(site.out_shape[0])}
             record = {"op": name, "params": params, "mode": "destride" if is_strided_conv else "replace"}
-            new = build_swap(old, build_op(name, dict(params), replaced=old), record["mode"])
+            pool = build_op(name, dict(params), replaced=old)
+        if len(site.out_shape) == 1:  # a head pool that also flattened (timm's SelectAdaptivePool2d): keep doing so
+            record["flatten"] = True
+        new = build_swap(old, pool, record["mode"], record.get("flatten", False))
         record = {"site": site.path, **record, **({"source": Path(source).name} if source else {})}
         set_submodule(module, site.path, new)
         records.append(record)

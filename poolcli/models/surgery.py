@@ -34,13 +34,13 @@ def destrided(conv: nn.Module) -> nn.Module:
     return new
 
 
-def build_swap(old: nn.Module, pool: nn.Module, mode: str) -> nn.Module:
-    """What goes at a site: ``pool`` itself (``replace``), or the site's conv at stride 1 then ``pool`` (``destride``)."""
-    if mode == "replace":
-        return pool
-    if mode == "destride":
-        return nn.Sequential(destrided(old), pool)
-    raise BadInputError(f"unknown swap mode '{mode}' (replace or destride); the checkpoint may come from a newer poolcli")
+def build_swap(old: nn.Module, pool: nn.Module, mode: str, flatten: bool = False) -> nn.Module:
+    """What goes at a site: ``pool`` itself (``replace``), or the site's conv at stride 1 then ``pool``
+    (``destride``); ``flatten`` adds a Flatten after it, for heads whose pool also flattened (timm)."""
+    if mode not in ("replace", "destride"):
+        raise BadInputError(f"unknown swap mode '{mode}' (replace or destride); the checkpoint may come from a newer poolcli")
+    new = pool if mode == "replace" else nn.Sequential(destrided(old), pool)
+    return nn.Sequential(new, nn.Flatten(1)) if flatten else new
 
 
 def apply_swaps(model: nn.Module, swaps: list[dict[str, Any]]) -> None:
@@ -50,4 +50,4 @@ def apply_swaps(model: nn.Module, swaps: list[dict[str, Any]]) -> None:
     for swap in swaps:
         old = get_submodule(model, swap["site"])
         pool = build_op(swap["op"], dict(swap.get("params", {})), replaced=old)
-        set_submodule(model, swap["site"], build_swap(old, pool, swap.get("mode", "replace")))
+        set_submodule(model, swap["site"], build_swap(old, pool, swap.get("mode", "replace"), bool(swap.get("flatten", False))))
