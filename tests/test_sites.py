@@ -79,3 +79,11 @@ def test_unused_pool_is_reported():
     report = discover_sites(M(), (3, 16, 16))
     assert report.unused_pools == ["avgpool"]
     assert report.aliases() == {"@global": "<model>::mean(2,3)", "@down1": "conv"}
+
+
+def test_head_pool_stays_global_at_small_inputs():
+    """At 32×32 a ResNet's last stage already ends at 1×1: the strided conv that gets there is a
+    downsample stage, and the head pool (1×1 → 1×1) is still @global."""
+    small, large = (discover_sites(b.module, b.input_size)
+                    for b in (build_model("timm:resnet18", input_size=size) for size in ("3x32x32", "3x64x64")))
+    assert small.aliases() == large.aliases() and small.aliases()["@global"] == "global_pool"

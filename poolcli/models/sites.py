@@ -83,8 +83,12 @@ class Site:
 
     @property
     def is_global(self) -> bool:
+        """A pool to 1×1: a global pool module (even on a 1×1 input, as a head pool at a small input size
+        is), or a pooling that reduces a grid to 1×1. A strided conv that lands on 1×1 is a downsample."""
+        if self.kind == "global-pool":
+            return True
         in_hw = self.in_shape[1] * self.in_shape[2] if len(self.in_shape) == 3 else 1
-        return self.out_hw == (1, 1) and in_hw > 1
+        return self.kind != "strided-conv" and self.out_hw == (1, 1) and in_hw > 1
 
     def to_dict(self, total_macs: int) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -189,7 +193,7 @@ class _Recorder(TorchFunctionMode):
         if is_pool_module(m) and not any(is_pool_module(p) for p in self.stack):
             site = Site(path=path, kind="local-pool", op=type(m).__name__, in_shape=_shape(x), out_shape=_shape(y),
                         kernel=_attr_pair(m, "kernel_size"), stride=_attr_pair(m, "stride"), macs=macs)
-            if site.is_global:
+            if site.is_global or ("Adaptive" in type(m).__name__ and site.out_hw == (1, 1)):
                 site.kind = "global-pool"
         elif is_strided_conv(m):
             site = Site(path=path, kind="strided-conv", op="Conv2d", in_shape=_shape(x), out_shape=_shape(y),
