@@ -74,3 +74,16 @@ def test_cli_convert_finetune_evaluate(tmp_path, cli):
     assert load_checkpoint(ft).swaps == load_checkpoint(conv).swaps
     code, _, err = cli("finetune", conv, "--epochs", "0", "-o", tmp_path / "bad.safetensors")
     assert code == 2 and "--epochs" in err and not (tmp_path / "bad.safetensors").exists()
+
+
+def test_zsr_regulariser_for_gsp_sites():
+    bundle = convert(build_model(str(CNN)), [("@global", "gsp:m=8")])[0]
+    gsp = bundle.module.get_submodule("global_pool")
+    gsp.init_prototypes(torch.randn(64, 512))  # skip the GAP warm-up so that z is informative at once
+    plain, doc0 = finetune(convert(build_model(str(CNN)), [("@global", "gsp:m=8")])[0], FinetuneConfig(**SMALL))
+    _, doc = finetune(bundle, FinetuneConfig(**SMALL, zsr_weight=0.1))
+    assert doc["zsr_weight"] == 0.1 and doc["trainable_params"] == doc0["trainable_params"] + 10 * 512  # + class embeddings
+    assert doc["final"]["loss"] > doc0["final"]["loss"]  # the regulariser's term is in the loss
+    assert gsp.attributes is None and not gsp.keep_attributes  # nothing kept after training
+    with pytest.raises(BadInputError, match="needs a GSP"):
+        finetune(_converted(), FinetuneConfig(**SMALL, zsr_weight=0.1))

@@ -27,6 +27,8 @@ def finetune_cmd(model: Annotated[str, typer.Argument(help="Model to train (usua
                  only_pools: Annotated[bool, typer.Option("--only-pools", help="Train only the swapped pooling sites' parameters "
                                                           "(BatchNorm statistics still adapt).")] = False,
                  pool_lr_mult: Annotated[float, typer.Option("--pool-lr-mult", help="Learning-rate multiplier for the swapped sites' parameters.")] = 10.0,
+                 zsr_weight: Annotated[float, typer.Option("--zsr-weight", help="Add GSP's zero-shot regulariser at this weight "
+                                                           "(the GSP papers use 0.1; needs a GSP site).")] = 0.0,
                  weights: WeightsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = 0, seed: SeedOpt = 0,
                  device: DeviceOpt = "auto", classes: ClassesOpt = None, limit: LimitOpt = None,
                  max_per_class: MaxPerClassOpt = None, json_out: JsonOpt = False) -> None:
@@ -36,7 +38,7 @@ def finetune_cmd(model: Annotated[str, typer.Argument(help="Model to train (usua
     """
     cfg = FinetuneConfig(data=data, val=val, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                          batch_size=batch_size, workers=workers, seed=seed, device=device, shift=shift, only_pools=only_pools,
-                         pool_lr_mult=pool_lr_mult, classes=classes, limit=limit, max_per_class=max_per_class)
+                         pool_lr_mult=pool_lr_mult, zsr_weight=zsr_weight, classes=classes, limit=limit, max_per_class=max_per_class)
     bundle = load_bundle(model, weights)
 
     def show(rec: dict) -> None:

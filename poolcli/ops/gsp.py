@@ -126,6 +126,8 @@ class GSP(nn.Module):
         self.prototypes = nn.Parameter(unit_ball(torch.randn(num_prototypes, dim)))
         self.register_buffer("initialized", torch.tensor(False))
         self._memory: list[torch.Tensor] = []
+        self.keep_attributes = False
+        self.attributes: torch.Tensor | None = None
 
     @torch.no_grad()
     def init_prototypes(self, embeddings: torch.Tensor, seed: int = 0) -> None:
@@ -146,7 +148,9 @@ class GSP(nn.Module):
         return g, z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, _ = self.forward_with_attributes(x)
+        g, z = self.forward_with_attributes(x)
+        if self.keep_attributes:  # for a ZSR loss computed outside the model (poolcli finetune)
+            self.attributes = z
         return g if self.flatten else g[:, :, None, None]
 
     def extra_repr(self) -> str:

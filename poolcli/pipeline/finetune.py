@@ -16,6 +16,7 @@ from ..data.specs import make_loader, open_dataset
 from ..errors import BadInputError
 from ..evaluate.classification import evaluate_classifier
 from ..models.bundle import ModelBundle
+from ..ops.gsp import GSP, ZSRLoss
 from ..runtime import resolve_device, seed_everything
 from ..train.loop import param_groups, train_classifier
 
@@ -35,6 +36,7 @@ class FinetuneConfig:
     shift: int = 0
     only_pools: bool = False
     pool_lr_mult: float = 10.0
+    zsr_weight: float = 0.0  # GSP's zero-shot regulariser; the reference classification setup adds it at 0.1
     classes: str | None = None
     limit: int | None = None
     max_per_class: int | None = None
@@ -48,6 +50,8 @@ class FinetuneConfig:
             raise BadInputError(f"unknown --optimizer '{self.optimizer}': use adam, adamw or sgd")
         if self.shift < 0:
             raise BadInputError(f"--shift must be ≥ 0, got {self.shift}")
+        if self.zsr_weight < 0:
+            raise BadInputError(f"--zsr-weight must be ≥ 0, got {self.zsr_weight}")
 
 
 def finetune(bundle: ModelBundle, cfg: FinetuneConfig,
@@ -74,13 +78,43 @@ def finetune(bundle: ModelBundle, cfg: FinetuneConfig,
         m = evaluate_classifier(bundle.module, make_loader(val, cfg.batch_size, cfg.workers), dev)
         return {"val_top1": m["top1"], "val_loss": m["loss"]}
 
+    zsr_weight, extra_loss, zsr_modules = _zsr(bundle, pool_paths, cfg, len(train.classes), groups)
+
     trainable = sum(p.numel() for g in groups for p in g["params"])
     t0 = time.perf_counter()
     history = train_classifier(bundle.module, loader, epochs=cfg.epochs, lr=cfg.lr, device=dev, optimizer=cfg.optimizer,
                                weight_decay=cfg.weight_decay, max_shift=cfg.shift, seed=cfg.seed, on_epoch=on_epoch,
-                               groups=groups, validate=validate if val is not None else None)
+                               groups=groups, validate=validate if val is not None else None, extra_loss=extra_loss)
+    for m in zsr_modules:
+        m.keep_attributes, m.attributes = False, None
     bundle.module.to("cpu").eval()
-    record = {**dataclasses.asdict(cfg), "device": str(dev), "images": len(train), "trainable_params": trainable,
+    record = {**dataclasses.asdict(cfg), "zsr_weight": zsr_weight, "device": str(dev), "images": len(train), "trainable_params": trainable,
               "pool_sites": pool_paths, "seconds": round(time.perf_counter() - t0, 1), "final": history[-1]}
     extra = {**bundle.extra, "finetune": [*bundle.extra.get("finetune", []), record]}
     return dataclasses.replace(bundle, extra=extra), {"schema": "poolcli.finetune/1", **record, "history": history}
+
+
+def _zsr(bundle: ModelBundle, pool_paths: list[str], cfg: FinetuneConfig, num_classes: int, groups: list[dict]):
+    """The GSP zero-shot regulariser (seed 004): weight · ZSR(z, y) for every GSP module at a swapped site,
+    added to the cross-entropy (as the reference classification setup does, at 0.1; notes/gsp.md §7), with
+    the class embeddings trained alongside (added to ``groups``). Off by default: on the digits fixture
+    it slowed fine-tuning down (docs/BENCHMARKS.md has the figures)."""
+    gsps = [m for path in pool_paths for m in bundle.module.get_submodule(path).modules() if isinstance(m, GSP)]
+    weight = cfg.zsr_weight
+    if weight == 0:
+        return 0.0, None, []
+    if not gsps:
+        raise BadInputError("--zsr-weight needs a GSP pooling site; convert with --swap @global=gsp first")
+    losses = [ZSRLoss(num_classes, m.proj.out_channels) for m in gsps]
+    groups.append({"params": [p for loss in losses for p in loss.parameters()], "lr": groups[0]["lr"], "weight_decay": 0.0})
+    for m in gsps:
+        m.keep_attributes = True
+
+    def extra(labels: torch.Tensor) -> torch.Tensor:
+        total = 0.0
+        for m, loss in zip(gsps, losses):
+            loss.to(m.attributes.device)
+            total = total + loss(m.attributes, labels)
+        return weight * total
+
+    return weight, extra, gsps

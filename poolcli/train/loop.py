@@ -49,9 +49,12 @@ def make_optimizer(module: nn.Module | list[dict], name: str, lr: float, weight_
 def train_classifier(module: nn.Module, loader: DataLoader, *, epochs: int, lr: float, device: torch.device,
                      optimizer: str = "adam", weight_decay: float = 0.0, max_shift: int = 0, seed: int = 0,
                      cosine: bool = True, on_epoch: Callable[[dict], None] | None = None,
-                     groups: list[dict] | None = None, validate: Callable[[], dict] | None = None) -> list[dict]:
+                     groups: list[dict] | None = None, validate: Callable[[], dict] | None = None,
+                     extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
     """Train with cross-entropy; returns one record per epoch (loss, accuracy, seconds, and ``validate()``'s
-    metrics when given). ``groups``: optimizer parameter groups (default: all trainable parameters)."""
+    metrics when given). ``groups``: optimizer parameter groups (default: all trainable parameters);
+    ``extra_loss(labels)``: a term added to the loss after each forward (e.g. a regulariser reading
+    what the model kept from that forward)."""
     module.to(device)
     opt = make_optimizer(groups if groups is not None else module, optimizer, lr, weight_decay)
     steps = max(1, epochs * len(loader))
@@ -67,6 +70,8 @@ def train_classifier(module: nn.Module, loader: DataLoader, *, epochs: int, lr: 
             x, y = x.to(device), y.to(device)
             logits = module(x)
             loss = F.cross_entropy(logits, y)
+            if extra_loss is not None:
+                loss = loss + extra_loss(y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
