@@ -98,7 +98,7 @@ def _zsr(bundle: ModelBundle, pool_paths: list[str], cfg: FinetuneConfig, num_cl
     """The GSP zero-shot regulariser (seed 004): weight · ZSR(z, y) for every GSP module at a swapped site,
     added to the cross-entropy (as the reference classification setup does, at 0.1; notes/gsp.md §7), with
     the class embeddings trained alongside (added to ``groups``). Off by default: on the digits fixture
-    it slowed fine-tuning down (docs/BENCHMARKS.md has the figures)."""
+    it slowed fine-tuning down (README, "Fine-tuning")."""
     gsps = [m for path in pool_paths for m in bundle.module.get_submodule(path).modules() if isinstance(m, GSP)]
     weight = cfg.zsr_weight
     if weight == 0:
