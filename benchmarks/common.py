@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import platform
 import time
+import weakref
 from typing import Callable
 
 import torch
@@ -30,14 +31,14 @@ def saved_bytes(forward: Callable[[], torch.Tensor], exclude: tuple[torch.Tensor
     the output: what remains is the extra memory a layer costs between its forward and its backward.
     Returns (bytes, output) so the caller can run the backward.
     """
-    storages: dict[int, int] = {}
+    packed: list[weakref.ref] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        storages[st.data_ptr()] = st.nbytes()
+        packed.append(weakref.ref(t))  # the graph holds t itself: alive here iff the graph kept it
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = forward()
     skip = {t.untyped_storage().data_ptr() for t in (*exclude, out)}
+    storages = {st.data_ptr(): st.nbytes() for st in (r().untyped_storage() for r in packed if r() is not None)}
     return sum(n for ptr, n in storages.items() if ptr not in skip), out

@@ -13,26 +13,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_time, machine  # noqa: E402
+from common import best_time, machine, saved_bytes  # noqa: E402
 
 from poolcli.ops.gsp import GSP  # noqa: E402
-
-
-def graph_bytes(loss: torch.Tensor) -> int:
-    """Bytes of tensors saved for backward in the autograd graph of ``loss``."""
-    seen, total, stack = set(), 0, [loss.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        for name in dir(fn):
-            if name.startswith("_saved_"):
-                v = getattr(fn, name, None)
-                if isinstance(v, torch.Tensor):
-                    total += v.numel() * v.element_size()
-        stack.extend(f for f, _ in fn.next_functions)
-    return total
 
 
 def main() -> None:
@@ -66,7 +49,7 @@ def main() -> None:
     print("|---|---|")
     for iters in (5, 20, 60, 200):
         gsp.iters = iters
-        print(f"| {iters} | {graph_bytes(gsp(x).sum())} |")
+        print(f"| {iters} | {saved_bytes(lambda: gsp(x).sum(), (x, *gsp.parameters()))[0]} |")
 
 
 if __name__ == "__main__":

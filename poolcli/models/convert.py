@@ -29,7 +29,7 @@ from ..ops.learned import LearnedLinearPool
 from ..ops.registry import build_op, parse_op_spec, takes_channels
 from ..runtime import seed_everything
 from .bundle import ModelBundle
-from .sites import Site, SiteReport, discover_sites
+from .sites import Site, SiteReport, discover_sites, is_strided_conv
 from .surgery import build_swap, get_submodule, set_submodule
 
 
@@ -62,24 +62,23 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def _learned_swap(spec_file: str, site: Site, old: nn.Module, trainable: bool) -> tuple[dict[str, Any], str, nn.Module]:
+def _learned_swap(spec_file: str, site: Site, old: nn.Module, trainable: bool) -> tuple[dict[str, Any], nn.Module]:
     tensors, meta = read_pooling(spec_file)
     at = meta.get("at", "input")
     fitted = meta.get("site")
     if fitted and fitted != site.path:
         raise BadInputError(f"{spec_file} was fitted at site {fitted}, not {site.path}; swap it at {fitted} or fit one for {site.path}")
-    strided_conv = site.kind == "strided-conv" or (isinstance(old, nn.Conv2d) and max(old.stride) > 1)
     if at == "output":
         raise BadInputError(f"{spec_file} pools the output of {site.path}, which would change the grid after it; "
                             "fit with --at input (replace the site) or --at destrided (strided conv at stride 1 + pooling)")
-    if at == "destrided" and not strided_conv:
+    if at == "destrided" and not is_strided_conv(old):
         raise BadInputError(f"{spec_file} was fitted --at destrided, but {site.path} is not a strided conv")
     grid = list(meta["in_grid"])
     if at == "input" and site.in_shape and site.in_shape[1:] != grid:
         raise BadInputError(f"{spec_file} was fitted for a {grid[0]}×{grid[1]} grid but {site.path} sees "
                             f"{site.in_shape[1]}×{site.in_shape[2]}; fit it on this model (and input size) at {site.path}")
     module = LearnedLinearPool.from_tensors(tensors, meta, trainable=trainable)
-    return {"op": "learned", "params": module.spec_params(), "mode": "destride" if at == "destrided" else "replace"}, at, module
+    return {"op": "learned", "params": module.spec_params(), "mode": "destride" if at == "destrided" else "replace"}, module
 
 
 def _shape_hint(record: dict[str, Any], site: Site, before: list[int], after: list[int]) -> str:
@@ -136,12 +135,12 @@ def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool =
     seed_everything(seed)
     report = report or discover_sites(bundle.module, bundle.input_size)
     module = copy.deepcopy(bundle.module)
-    records, results, seen = [], [], set()
+    records, results, sites = [], [], {}
     for site_text, spec in swaps:
         site = report.resolve(site_text, module)
-        if site.path in seen:
+        if site.path in sites:
             raise BadInputError(f"site {site.path} is swapped twice; give one --swap per site")
-        seen.add(site.path)
+        sites[site.path] = site
         if site.swappable_by != "module" or "::" in site.path:
             raise BadInputError(f"site {site.path} is a functional call ({site.op}), not a module; convert swaps module sites "
                                 "(see 'poolcli inspect')")
@@ -153,13 +152,12 @@ def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool =
             want_trainable = bool(params.pop("trainable", trainable))
             if params:
                 raise BadInputError(f"bad --swap '{spec}': learned:FILE takes only trainable=true|false")
-            record, _, pool = _learned_swap(source, site, old, want_trainable)
+            record, pool = _learned_swap(source, site, old, want_trainable)
         else:
-            is_strided_conv = isinstance(old, nn.Conv2d) and max(old.stride) > 1
             if takes_channels(name) and "channels" not in params and site.out_shape:
                 # the channels the pool sees: the site's output (a destrided conv keeps them; a pool keeps them)
                 params = {**params, "channels": int(site.out_shape[0])}
-            record = {"op": name, "params": params, "mode": "destride" if is_strided_conv else "replace"}
+            record = {"op": name, "params": params, "mode": "destride" if is_strided_conv(old) else "replace"}
             pool = build_op(name, dict(params), replaced=old)
         if len(site.out_shape) == 1:  # a head pool that also flattened (timm's SelectAdaptivePool2d): keep doing so
             record["flatten"] = True
@@ -171,7 +169,7 @@ def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool =
                                   new=" → ".join(type(m).__name__ for m in (new if isinstance(new, nn.Sequential) else [new])),
                                   mode=record["mode"], shape=[], params_before=_params(old), params_after=_params(new),
                                   source=source))
-    paths = [r["site"] for r in records]
+    paths = list(sites)
     before = _site_outputs(bundle.module, paths, bundle.input_size)
     try:
         after = _site_outputs(module, paths, bundle.input_size, expect=before)
@@ -179,7 +177,7 @@ def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool =
         rec = next(r for r in records if r["site"] == m.path)
         b = before[m.path]
         raise BadInputError(f"{rec['op']} at {m.path} gives {'×'.join(map(str, m.shape))} but the model needs "
-                            f"{'×'.join(map(str, b))} there" + _shape_hint(rec, report.resolve(m.path, module), b, m.shape)) from None
+                            f"{'×'.join(map(str, b))} there" + _shape_hint(rec, sites[m.path], b, m.shape)) from None
     except (RuntimeError, ValueError) as e:
         raise BadInputError(f"the converted model does not run: {str(e).splitlines()[0]}; check the swaps' shapes with 'poolcli inspect'") from None
     for rec, res in zip(records, results):

@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import BadInputError
+from .sites import is_strided_conv
 
 
 def get_submodule(model: nn.Module, path: str) -> nn.Module:
@@ -27,7 +28,7 @@ def set_submodule(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
 
 def destrided(conv: nn.Module) -> nn.Module:
     """A copy of a strided conv that runs at stride 1 (same weights, padding, dilation, groups)."""
-    if not (isinstance(conv, nn.Conv2d) and max(conv.stride) > 1):
+    if not is_strided_conv(conv):
         raise BadInputError(f"cannot destride a {type(conv).__name__}: only strided Conv2d sites run at stride 1 + pooling")
     new = copy.deepcopy(conv)
     new.stride = (1, 1)

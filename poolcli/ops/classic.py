@@ -20,17 +20,26 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6, kerne
     return pooled.pow(1.0 / p)
 
 
-class GeM(nn.Module):
+class _ExponentPool(nn.Module):
+    """A pool with an exponent p, fixed or learnable (then kept ≥ 1 in the forward)."""
+
     is_poolcli_pool = True
 
-    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = True, kernel_size=None, stride=None):
+    def __init__(self, p: float, learnable: bool):
         super().__init__()
         self.p = nn.Parameter(torch.tensor(float(p))) if learnable else float(p)
+
+    def exponent(self) -> torch.Tensor | float:
+        return self.p.clamp(min=1.0) if isinstance(self.p, torch.Tensor) else self.p
+
+
+class GeM(_ExponentPool):
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = True, kernel_size=None, stride=None):
+        super().__init__(p, learnable)
         self.eps, self.kernel_size, self.stride = eps, kernel_size, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.p.clamp(min=1.0) if isinstance(self.p, torch.Tensor) else self.p
-        return gem(x, p, self.eps, self.kernel_size, self.stride)
+        return gem(x, self.exponent(), self.eps, self.kernel_size, self.stride)
 
 
 def lp_pool2d(x: torch.Tensor, p: torch.Tensor | float = 2.0, kernel_size=None, stride=None, padding=0) -> torch.Tensor:
@@ -56,19 +65,15 @@ def lp_pool2d(x: torch.Tensor, p: torch.Tensor | float = 2.0, kernel_size=None, 
     return torch.where(positive, y, torch.zeros_like(y)).to(x.dtype)
 
 
-class LPPool2d(nn.Module):
+class LPPool2d(_ExponentPool):
     """LP pooling with a fixed or learnable p (kept ≥ 1); global when ``kernel_size`` is None."""
 
-    is_poolcli_pool = True
-
     def __init__(self, p: float = 2.0, learnable: bool = False, kernel_size=None, stride=None, padding=0):
-        super().__init__()
-        self.p = nn.Parameter(torch.tensor(float(p))) if learnable else float(p)
+        super().__init__(p, learnable)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.p.clamp(min=1.0) if isinstance(self.p, torch.Tensor) else self.p
-        return lp_pool2d(x, p, self.kernel_size, self.stride, self.padding)
+        return lp_pool2d(x, self.exponent(), self.kernel_size, self.stride, self.padding)
 
 
 def spoc_centre_prior(h: int, w: int, device=None, dtype=None) -> torch.Tensor:

@@ -69,14 +69,11 @@ def _gem(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
 
 @register("lp", "LP pooling (Σ|x|^p)^(1/p): lp[:p=2,learnable=false] global, or with kernel=K[,stride,padding] local")
 def _lp(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
-    power, learnable = float(p.pop("p", 2.0)), bool(p.pop("learnable", False))
     window = {}
     if "kernel" in p or hasattr(replaced, "kernel_size"):
         k, s, pad = _window(p, replaced)
         window = {"kernel_size": k, "stride": s, "padding": pad}
-    if p:
-        raise TypeError(f"unexpected parameters {sorted(p)}")
-    return LPPool2d(power, learnable, **window)
+    return LPPool2d(**p, **window)
 
 
 @register("spoc", "sum pooling: spoc[:centre_prior=false] (global)")

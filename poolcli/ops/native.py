@@ -29,13 +29,10 @@ KERNEL_DIR = Path(__file__).parent / "kernels"
 _ABI = {"ppool": 1}
 _P, _I, _MODE = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOM = [_I] * 11 + [_MODE, _I, _I]  # C, h, w, ho, wo, kh, kw, sh, sw, ph, pw, mode, n0, n1
-_SIGNATURES = {
-    "ppool": {
-        "ppool_fwd_f32": [_P, _P, _I, _I, _I, _I, _P] + _GEOM,
-        "ppool_fwd_f64": [_P, _P, _I, _I, _I, _I, _P] + _GEOM,
-        "ppool_bwd_f32": [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P] + _GEOM,
-        "ppool_bwd_f64": [_P, _P, _I, _I, _I, _I, _P, _P, _P, _P] + _GEOM,
-    },
+_X_ALPHA = [_P, _P, _I, _I, _I, _I]  # x, α and α's four strides
+_SIGNATURES = {  # fwd writes y; bwd reads y, gy and writes gx, gα; one symbol per element type
+    "ppool": {f"ppool_{step}_{t}": _X_ALPHA + [_P] * buffers + _GEOM
+              for step, buffers in (("fwd", 1), ("bwd", 4)) for t in ("f32", "f64")},
 }
 _FLAG_SETS = (
     ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC"],
@@ -65,8 +62,8 @@ def cache_dir() -> Path:
 
 def _compiler() -> str | None:
     for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if cand and shutil.which(cand):
-            return shutil.which(cand)
+        if cand and (found := shutil.which(cand)):
+            return found
     return None
 
 
@@ -87,10 +84,10 @@ def _cpu_fingerprint() -> str:
 def _build(name: str, cc: str) -> Path:
     src = KERNEL_DIR / f"{name}.c"
     blob = b"".join(p.read_bytes() for p in sorted(KERNEL_DIR.glob("*.[ch]")))
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    machine = (subprocess.run([cc, "--version"], capture_output=True, text=True).stdout + _cpu_fingerprint()).encode()
     errors = []
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(blob + " ".join(flags).encode() + version.encode() + _cpu_fingerprint().encode())
+        key = hashlib.sha256(blob + " ".join(flags).encode() + machine)
         out = cache_dir() / "kernels" / f"{name}-{key.hexdigest()[:16]}.so"
         if out.exists():
             return out

@@ -99,21 +99,26 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _launch(step: str, x: torch.Tensor, alpha: torch.Tensor, k, s, p, mode: int, *buffers: torch.Tensor | None) -> None:
+    """Run ``ppool_{step}_{f32|f64}`` over all image planes: x, α (read in place through its strides, 0 on
+    broadcast dims), then ``buffers`` (outputs and gradients; None is NULL), then the geometry."""
+    b, c, h, w = x.shape
+    ho, wo = out_size(h, w, k, s, p)
+    a = alpha.expand(b, c, ho, wo)
+    fn = getattr(native.load("ppool"), f"ppool_{step}_{'f64' if x.dtype == torch.float64 else 'f32'}")
+    geom = (c, h, w, ho, wo, *k, *s, *p, mode)
+    ptrs = [_ptr(t) for t in buffers]
+    native.run_planes(lambda n0, n1: fn(_ptr(x), _ptr(a), *a.stride(), *ptrs, *geom, n0, n1), b * c, ho * wo * k[0] * k[1])
+
+
 class _PPoolNative(torch.autograd.Function):
     """The fused CPU kernel; shift/clamp of negative inputs happens inside (mode), as do their gradients."""
 
     @staticmethod
     def forward(ctx, x, alpha, k, s, p, mode):
-        lib = native.load("ppool")
-        b, c, h, w = x.shape
-        ho, wo = out_size(h, w, k, s, p)
         x = x.contiguous()
-        a = alpha.expand(b, c, ho, wo)  # stride 0 on broadcast dims: the kernel reads α in place
-        y = torch.empty(b, c, ho, wo, dtype=x.dtype)
-        fwd = lib.ppool_fwd_f64 if x.dtype == torch.float64 else lib.ppool_fwd_f32
-        geom = (c, h, w, ho, wo, *k, *s, *p, mode)
-        native.run_planes(lambda n0, n1: fwd(_ptr(x), _ptr(a), *a.stride(), _ptr(y), *geom, n0, n1),
-                          b * c, ho * wo * k[0] * k[1])
+        y = torch.empty(*x.shape[:2], *out_size(*x.shape[-2:], k, s, p), dtype=x.dtype)
+        _launch("fwd", x, alpha, k, s, p, mode, y)
         ctx.save_for_backward(x, alpha, y)
         ctx.geom = (k, s, p, mode)
         return y
@@ -121,19 +126,10 @@ class _PPoolNative(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        lib = native.load("ppool")
         x, alpha, y = ctx.saved_tensors
-        k, s, p, mode = ctx.geom
-        b, c, h, w = x.shape
-        ho, wo = y.shape[-2:]
-        gy = gy.contiguous()
-        a = alpha.expand(b, c, ho, wo)
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         ga = torch.empty_like(y) if ctx.needs_input_grad[1] else None
-        bwd = lib.ppool_bwd_f64 if x.dtype == torch.float64 else lib.ppool_bwd_f32
-        geom = (c, h, w, ho, wo, *k, *s, *p, mode)
-        native.run_planes(lambda n0, n1: bwd(_ptr(x), _ptr(a), *a.stride(), _ptr(y), _ptr(gy), _ptr(gx), _ptr(ga),
-                                             *geom, n0, n1), b * c, ho * wo * k[0] * k[1])
+        _launch("bwd", x, alpha, *ctx.geom, y, gy.contiguous(), gx, ga)
         if ga is not None:
             ga = ga.sum_to_size(alpha.shape)
         return gx, ga, None, None, None, None
@@ -162,9 +158,10 @@ def p_pool2d(x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride
         raise ValueError(f"negative must be 'shift' or 'clamp', not {negative!r}")
     if impl not in ("auto", "native", "torch"):
         raise ValueError(f"impl must be 'auto', 'native' or 'torch', not {impl!r}")
-    if impl == "native" and not _use_native(x):
+    use_native = impl != "torch" and _use_native(x)
+    if impl == "native" and not use_native:
         raise RuntimeError(f"native P-pooling unavailable for this input: {native.native_status()['ppool']}")
-    if impl != "torch" and _use_native(x):  # clamps α at 0 inside
+    if use_native:  # clamps α at 0 inside
         return _PPoolNative.apply(x, a, k, s, p, _MODES[negative]).to(out_dtype)
     a = a.clamp(min=0)
     if negative == "clamp":

@@ -23,7 +23,7 @@ from ..errors import BadInputError
 from ..fit.stats import ScatterStats
 from ..io.tensorfile import read_tensors, write_tensors
 from ..models.bundle import ModelBundle
-from ..models.sites import Site, discover_sites
+from ..models.sites import Site, discover_sites, is_strided_conv
 
 STATS_FORMAT = "poolcli.stats"
 AT_CHOICES = ("input", "output", "destrided")
@@ -39,7 +39,7 @@ def capture(module: nn.Module, path: str, at: str = "input") -> Iterator[dict[st
     if "::" in path:
         raise BadInputError(f"site {path} is a functional call; collect needs a module site (see 'poolcli inspect')")
     target = module.get_submodule(path)
-    if at == "destrided" and not (isinstance(target, nn.Conv2d) and max(target.stride) > 1):
+    if at == "destrided" and not is_strided_conv(target):
         raise BadInputError(f"--at destrided needs a strided conv site; {path} is a {type(target).__name__}")
     box: dict[str, torch.Tensor] = {}
 

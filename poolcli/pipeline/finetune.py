@@ -78,7 +78,7 @@ def finetune(bundle: ModelBundle, cfg: FinetuneConfig,
         m = evaluate_classifier(bundle.module, make_loader(val, cfg.batch_size, cfg.workers), dev)
         return {"val_top1": m["top1"], "val_loss": m["loss"]}
 
-    zsr_weight, extra_loss, zsr_modules = _zsr(bundle, pool_paths, cfg, len(train.classes), groups)
+    extra_loss, zsr_modules = _zsr(bundle, pool_paths, cfg, len(train.classes), groups, dev)
 
     trainable = sum(p.numel() for g in groups for p in g["params"])
     t0 = time.perf_counter()
@@ -88,33 +88,29 @@ def finetune(bundle: ModelBundle, cfg: FinetuneConfig,
     for m in zsr_modules:
         m.keep_attributes, m.attributes = False, None
     bundle.module.to("cpu").eval()
-    record = {**dataclasses.asdict(cfg), "zsr_weight": zsr_weight, "device": str(dev), "images": len(train), "trainable_params": trainable,
+    record = {**dataclasses.asdict(cfg), "device": str(dev), "images": len(train), "trainable_params": trainable,
               "pool_sites": pool_paths, "seconds": round(time.perf_counter() - t0, 1), "final": history[-1]}
     extra = {**bundle.extra, "finetune": [*bundle.extra.get("finetune", []), record]}
     return dataclasses.replace(bundle, extra=extra), {"schema": "poolcli.finetune/1", **record, "history": history}
 
 
-def _zsr(bundle: ModelBundle, pool_paths: list[str], cfg: FinetuneConfig, num_classes: int, groups: list[dict]):
+def _zsr(bundle: ModelBundle, pool_paths: list[str], cfg: FinetuneConfig, num_classes: int, groups: list[dict],
+         device: torch.device):
     """The GSP zero-shot regulariser (seed 004): weight · ZSR(z, y) for every GSP module at a swapped site,
     added to the cross-entropy (as the reference classification setup does, at 0.1; notes/gsp.md §7), with
     the class embeddings trained alongside (added to ``groups``). Off by default: on the digits fixture
     it slowed fine-tuning down (README, "Fine-tuning")."""
+    if cfg.zsr_weight == 0:
+        return None, []
     gsps = [m for path in pool_paths for m in bundle.module.get_submodule(path).modules() if isinstance(m, GSP)]
-    weight = cfg.zsr_weight
-    if weight == 0:
-        return 0.0, None, []
     if not gsps:
         raise BadInputError("--zsr-weight needs a GSP pooling site; convert with --swap @global=gsp first")
-    losses = [ZSRLoss(num_classes, m.proj.out_channels) for m in gsps]
-    groups.append({"params": [p for loss in losses for p in loss.parameters()], "lr": groups[0]["lr"], "weight_decay": 0.0})
+    losses = [ZSRLoss(num_classes, m.proj.out_channels).to(device) for m in gsps]
+    groups.append({"params": [p for loss in losses for p in loss.parameters()], "lr": cfg.lr, "weight_decay": 0.0})
     for m in gsps:
         m.keep_attributes = True
 
     def extra(labels: torch.Tensor) -> torch.Tensor:
-        total = 0.0
-        for m, loss in zip(gsps, losses):
-            loss.to(m.attributes.device)
-            total = total + loss(m.attributes, labels)
-        return weight * total
+        return cfg.zsr_weight * sum(loss(m.attributes, labels) for m, loss in zip(gsps, losses))
 
-    return weight, extra, gsps
+    return extra, gsps

@@ -280,21 +280,17 @@ int CAT(ppool_bwd, SFX)(const T *x, const T *a, int64_t asb, int64_t asc, int64_
         if (!gx) continue;
         T *gxn = gx + n * h * w;
         CAT(plane_scatter_back, SFX)(&P, xn, gxn, h, w, ph, pw, mode);
-        if (mode == MODE_SHIFT) {
-            /* s = min x when negative: y = f(x - s) + s, so ∂y/∂s = g - Σ ∂f/∂x goes to the minimum,
-             * split evenly over ties (as torch.amin). Σ_x ∂f/∂x over the plane = Σ of gx before this. */
-            T mn = xn[0];
-            for (int64_t k = 1; k < h * w; k++) mn = xn[k] < mn ? xn[k] : mn;
-            if (mn < 0) {
-                T gshift = 0;
-                for (int64_t k = 0; k < ho * wo; k++) gshift += gy[n * ho * wo + k];
-                for (int64_t k = 0; k < h * w; k++) gshift -= gxn[k];
-                int64_t ties = 0;
-                for (int64_t k = 0; k < h * w; k++) ties += xn[k] == mn;
-                const T share = gshift / (T)ties;
-                for (int64_t k = 0; k < h * w; k++)
-                    if (xn[k] == mn) gxn[k] += share;
-            }
+        if (s < 0) {
+            /* shift mode with s = min x < 0 (plane_build): y = f(x - s) + s, so ∂y/∂s = g - Σ ∂f/∂x goes to
+             * the minimum, split evenly over ties (as torch.amin). Σ_x ∂f/∂x over the plane = Σ of gx so far. */
+            T gshift = 0;
+            for (int64_t k = 0; k < ho * wo; k++) gshift += gy[n * ho * wo + k];
+            for (int64_t k = 0; k < h * w; k++) gshift -= gxn[k];
+            int64_t ties = 0;
+            for (int64_t k = 0; k < h * w; k++) ties += xn[k] == s;
+            const T share = gshift / (T)ties;
+            for (int64_t k = 0; k < h * w; k++)
+                if (xn[k] == s) gxn[k] += share;
         }
     }
     free(P.x);
