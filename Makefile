@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: demo test bench fixtures clean
+.PHONY: demo test test-slow bench fixtures clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ demo: $(BIN)/.installed
 	@echo "demo: wrote $(OUT)/pool.safetensors, $(OUT)/maps.png, $(OUT)/learned-ft.safetensors, $(OUT)/report.json" >&2
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n 2 --durations=10
+	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=10
+
+# the slow part (model zoo: ~65 timm/torchvision architectures through convert); .ci/run runs it after `make test`
+test-slow: $(BIN)/.installed
+	$(BIN)/python -m pytest -n 2 -m slow --durations=10
 
 bench: $(BIN)/.installed
 	for f in benchmarks/*_bench.py; do $(BIN)/python $$f || exit 1; done

@@ -1,6 +1,7 @@
 """poolcli convert: swap pooling at sites and write a checkpoint that rebuilds the new model."""
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,15 +16,20 @@ from .common import (InChansOpt, InputSizeOpt, JsonOpt, NumClassesOpt, STATE, Se
                      load_bundle)
 
 
+class Recipe(str, enum.Enum):
+    after = "after"
+    first = "first"
+
+
 def run_convert(model: str, swaps: list[str], output: Path, *, weights=None, num_classes=None, in_chans=None,
-                input_size=None, trainable: bool = False, seed: int = 0) -> dict[str, Any]:
+                input_size=None, trainable: bool = False, seed: int = 0, recipe: str = "after") -> dict[str, Any]:
     bundle = load_bundle(model, weights, num_classes, in_chans, input_size)
     report = discover_sites(bundle.module, bundle.input_size)
-    new, results = convert(bundle, [parse_swap(s) for s in swaps], trainable=trainable, report=report, seed=seed)
+    new, results = convert(bundle, [parse_swap(s) for s in swaps], trainable=trainable, report=report, seed=seed, recipe=recipe)
     after = discover_sites(new.module, new.input_size)
-    save_checkpoint(new, None, output)
+    save_checkpoint(new, None, output, verify=True)
     params = (sum(p.numel() for p in bundle.module.parameters()), sum(p.numel() for p in new.module.parameters()))
-    return {"schema": "poolcli.convert/1", "model": model, "output": str(output), "swaps": [r.to_dict() for r in results],
+    return {"schema": "poolcli.convert/2", "model": model, "recipe": recipe, "output": str(output), "swaps": [r.to_dict() for r in results],
             "manifest_swaps": new.swaps, "params": {"before": params[0], "after": params[1]},
             "macs": {"before": report.total_macs, "after": after.total_macs},
             "macs_definition": "multiply-accumulates of one image's forward pass (conv, linear, pooling taps)",
@@ -35,6 +41,9 @@ def convert_cmd(model: Annotated[str, typer.Argument(help="Model to convert (che
                 swap: Annotated[list[str], typer.Option("--swap", help="SITE=OP, repeatable: @down3=learned:pool.safetensors, "
                                                         "@down1=ppool, @global=gem:p=3 (operators: see README).")],
                 output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+                recipe: Annotated[Recipe, typer.Option("--recipe", help="How a @downK stage is rewritten: 'after' (each strided "
+                                                       "conv at stride 1, then the operator; BlurPool) or 'first' (the operator "
+                                                       "pools the stage's input, its convs run at stride 1; seed 002).")] = Recipe.after,
                 trainable: Annotated[bool, typer.Option("--trainable", help="Make learned pooling weights P trainable.")] = False,
                 weights: WeightsOpt = None, num_classes: NumClassesOpt = None, in_chans: InChansOpt = None,
                 input_size: InputSizeOpt = None, seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
@@ -47,17 +56,19 @@ def convert_cmd(model: Annotated[str, typer.Argument(help="Model to convert (che
     Example: poolcli convert fixtures/digits-cnn.safetensors --swap @down3=learned:pool.safetensors -o learned.safetensors
     """
     doc = run_convert(model, swap, output, weights=weights, num_classes=num_classes, in_chans=in_chans,
-                      input_size=input_size, trainable=trainable, seed=seed)
+                      input_size=input_size, trainable=trainable, seed=seed, recipe=recipe.value)
     if not STATE["quiet"]:
-        table = Table(title=f"convert {model} → {output}", title_justify="left")
+        table = Table(title=f"convert {model} → {output} (recipe: {recipe.value})", title_justify="left")
         for col in ("site", "kind", "was", "now", "mode", "output", "params was → now"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")
         for r in doc["swaps"]:
             site = f"{r['alias']} ({r['site']})" if r["alias"] else r["site"]
             table.add_row(site, r["kind"], r["old"], r["new"], r["mode"], "×".join(map(str, r["shape"])),
                           f"{r['params_before']:,} → {r['params_after']:,}")
         con = console()
         con.print(table)
+        for note in dict.fromkeys(f"{r['site']}: {r['note']}" for r in doc["swaps"] if r.get("note")):
+            con.print(f"note: {note}", markup=False, highlight=False)
         m, p = doc["macs"], doc["params"]
         con.print(f"model: {format_macs(m['before'])} → {format_macs(m['after'])} MACs per image, "
                   f"{p['before'] / 1e6:.2f}M → {p['after'] / 1e6:.2f}M parameters")

@@ -66,7 +66,9 @@ def run_fit(stats, meta: dict[str, Any], alphas: list[float], *, k: int, norm: s
             "a ridge > 0 was added to B because it was singular" if any(f["ridge"] for f in fits) else None,
             "definitions": {"separability": "pᵀAp / pᵀBp of the top pooling map p at each output location (A, B: between/within-class scatter of the channel-scaled maps, seed 001 eq. 10-13)",
                             "separability_avgpool": "the same ratio for average pooling over each output cell's stride×stride window",
-                            "separability_gain": "mean over locations of separability / separability_avgpool",
+                            "separability_gain": "mean over locations of separability / separability_avgpool (locations "
+                                                 "where either is undefined are left out and counted in cells_undefined; "
+                                                 "their per-location values are null)",
                             "eigengap_rel": "(λ1 − λ2) / λ1 per location"},
             "fits": fits, "environment": environment()}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -66,12 +66,18 @@ def read_tensors(path: str | os.PathLike, device: str = "cpu") -> tuple[dict[str
     return tensors, manifest
 
 
-def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
-    """Write tensors plus the manifest atomically. Tensors are made dense, contiguous, unshared."""
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], manifest: dict[str, Any],
+                  verify: Callable[[Path], None] | None = None) -> None:
+    """Write tensors plus the manifest atomically. Tensors are made dense, contiguous, unshared.
+
+    ``verify(tmp)`` runs on the finished temporary file before it replaces ``path``; if it raises, nothing
+    is left behind and the previous file is untouched."""
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     meta = {META_KEY: json.dumps(manifest, sort_keys=True), "format": "pt"}
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(clean, str(tmp), metadata=meta)
+        if verify is not None:
+            verify(tmp)
 
 
 def _short(e: BaseException) -> str:

@@ -5,6 +5,7 @@ Loading = build the base architecture, apply the recorded site swaps in order, t
 """
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,15 @@ from .weights import load_state_dict_strict
 
 
 def save_checkpoint(model: nn.Module | ModelBundle, manifest: dict[str, Any] | None, path: str | os.PathLike,
-                    dtype: torch.dtype | None = None) -> None:
+                    dtype: torch.dtype | None = None, verify: bool = False) -> None:
     """Write ``model``'s state_dict and ``manifest`` atomically to ``path``.
 
     ``model`` may be a :class:`ModelBundle` (its manifest is used when ``manifest`` is None).
     ``dtype`` optionally stores floating tensors at lower precision (recorded in the manifest).
+    The modules' state_dict versions (``_metadata``, read by ``_load_from_state_dict`` hooks such as
+    torchvision MNASNet's) are recorded so that loading shows each module what it saw at save time.
+    ``verify``: load the written file strictly and compare its outputs with ``model`` before it replaces
+    ``path`` (a file that does not reload is a failed write: nothing is left behind).
     """
     if isinstance(model, ModelBundle):
         manifest = manifest or model.manifest()
@@ -37,10 +42,44 @@ def save_checkpoint(model: nn.Module | ModelBundle, manifest: dict[str, Any] | N
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise BadInputError("manifest is not a poolcli checkpoint manifest; build it with ModelBundle.manifest()")
     state = module.state_dict()
+    versions = {k: int(v["version"]) for k, v in getattr(state, "_metadata", {}).items() if "version" in v}
+    manifest = {**manifest, "module_versions": versions}
     if dtype is not None:
         state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
         manifest = {**manifest, "storage_dtype": str(dtype).replace("torch.", "")}
-    write_tensors(path, state, manifest)
+    check = None
+    if verify:
+        input_size = tuple(manifest["input_size"])
+
+        def check(tmp: Path) -> None:
+            _verify_reload(module, tmp, input_size, exact=dtype is None)
+    write_tensors(path, state, manifest, verify=check)
+
+
+def _verify_reload(module: nn.Module, tmp: Path, input_size: tuple[int, ...], exact: bool) -> None:
+    from ..errors import RunError
+
+    try:
+        back = load_checkpoint(tmp).module
+    except BadInputError as e:
+        raise RunError(f"the written checkpoint does not reload ({e}); nothing was written") from None
+    param = next(module.parameters(), None)
+    x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+    if param is not None:
+        x = x.to(param.device, param.dtype if param.is_floating_point() else torch.float32)
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            want, got = module(x), back.to(x.device)(x)
+    finally:
+        module.train(was)
+    want = want if isinstance(want, torch.Tensor) else want[0]
+    got = got if isinstance(got, torch.Tensor) else got[0]
+    same = torch.equal(want, got) if exact else torch.allclose(want.float(), got.float(), rtol=1e-2, atol=1e-2)
+    if not same:
+        raise RunError("the written checkpoint reloads to a model with different outputs; nothing was written "
+                       "(report it with the model and --swap)")
 
 
 def load_checkpoint(path: str | os.PathLike) -> ModelBundle:
@@ -57,6 +96,10 @@ def load_checkpoint(path: str | os.PathLike) -> ModelBundle:
     swaps = list(manifest.get("swaps", []))
     apply_swaps(module, swaps)
     state, _ = read_tensors(path)
+    versions = manifest.get("module_versions")
+    if isinstance(versions, dict):
+        state = collections.OrderedDict(state)
+        state._metadata = collections.OrderedDict((str(k), {"version": int(v)}) for k, v in versions.items())  # type: ignore[attr-defined]
     load_state_dict_strict(module, state, str(path), f"{base['source']}:{base['name']} with {len(swaps)} swap(s)")
     module.eval()
     return ModelBundle(

@@ -47,6 +47,15 @@ def is_pool_module(m: nn.Module) -> bool:
     return type(m).__name__ in _POOL_MODULE_NAMES or bool(getattr(m, "is_poolcli_pool", False))
 
 
+def is_channels_last_pool(m: nn.Module) -> bool:
+    """timm pools that read [B, H, W, C] maps (``input_fmt="NHWC"``: Swin, MaxViT heads); timm keeps the
+    format in the inner pool as its reduction dims (1, 2)."""
+    for sub in m.modules():
+        if str(getattr(sub, "input_fmt", "")).upper() == "NHWC" or tuple(getattr(sub, "dim", ()) or ()) == (1, 2):
+            return True
+    return False
+
+
 def is_strided_conv(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and max(_pair(m.stride)) > 1
 
@@ -88,7 +97,11 @@ class Site:
         if self.kind == "global-pool":
             return True
         in_hw = self.in_shape[1] * self.in_shape[2] if len(self.in_shape) == 3 else 1
-        return self.kind != "strided-conv" and self.out_hw == (1, 1) and in_hw > 1
+        if self.kind == "strided-conv" or self.out_hw != (1, 1) or in_hw <= 1:
+            return False
+        if self.kernel and len(self.in_shape) == 3:  # a windowed pool is global only when its window covers the map
+            return self.kernel[0] >= self.in_shape[1] and self.kernel[1] >= self.in_shape[2]
+        return True
 
     def to_dict(self, total_macs: int) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -191,11 +204,14 @@ class _Recorder(TorchFunctionMode):
             self.site_by_path[path].calls += 1
             return
         if is_pool_module(m) and not any(is_pool_module(p) for p in self.stack):
-            site = Site(path=path, kind="local-pool", op=type(m).__name__, in_shape=_shape(x), out_shape=_shape(y),
+            in_shape = _shape(x)
+            if is_channels_last_pool(m) and len(in_shape) == 3:  # timm's Swin/MaxViT heads
+                in_shape = [in_shape[2], in_shape[0], in_shape[1]]
+            site = Site(path=path, kind="local-pool", op=type(m).__name__, in_shape=in_shape, out_shape=_shape(y),
                         kernel=_attr_pair(m, "kernel_size"), stride=_attr_pair(m, "stride"), macs=macs)
             if site.is_global or ("Adaptive" in type(m).__name__ and site.out_hw == (1, 1)):
                 site.kind = "global-pool"
-        elif is_strided_conv(m):
+        elif is_strided_conv(m) and not self._inside_pool():  # a pooling operator's own side branch is not a site
             site = Site(path=path, kind="strided-conv", op="Conv2d", in_shape=_shape(x), out_shape=_shape(y),
                         kernel=list(_pair(m.kernel_size)), stride=list(_pair(m.stride)), macs=macs)
         else:
@@ -223,11 +239,26 @@ class _Recorder(TorchFunctionMode):
         if path in self.site_by_path:
             self.site_by_path[path].calls += 1
             return out
+        window = _call_window(name, args, kwargs)
         site = Site(path=path, kind="functional-pool", op=name, in_shape=_shape(x), out_shape=y_shape,
-                    macs=int(x[0].numel()), swappable_by="none")
+                    macs=int(x[0].numel()), swappable_by="none", kernel=window[0], stride=window[1])
         self.site_by_path[path] = site
         self.sites.append((self.clock, site))
         return out
+
+
+def _call_window(name: str, args: tuple, kwargs: dict) -> tuple[list[int] | None, list[int] | None]:
+    """(kernel, stride) of a functional max/avg/lp pool call; (None, None) for adaptive pools and reductions."""
+    if name not in ("max_pool2d", "avg_pool2d", "lp_pool2d"):
+        return None, None
+    offset = 2 if name == "lp_pool2d" else 1  # lp_pool2d(input, norm_type, kernel_size, stride)
+    k = args[offset] if len(args) > offset else kwargs.get("kernel_size")
+    st = args[offset + 1] if len(args) > offset + 1 else kwargs.get("stride")
+    try:
+        kk = list(_pair(k))
+        return kk, list(_pair(st)) if st else kk
+    except (TypeError, ValueError):
+        return None, None
 
 
 def _attr_pair(m: nn.Module, name: str) -> list[int] | None:
@@ -276,9 +307,10 @@ def discover_sites(model: nn.Module, input_size: tuple[int, int, int], device: s
     try:
         with torch.no_grad(), rec:
             model(x)
-    except RuntimeError as e:
+    except (RuntimeError, AssertionError, ValueError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise BadInputError(
-            f"the model does not run on a {'x'.join(map(str, input_size))} input ({str(e).splitlines()[0][:160]}); pass a fitting --input-size"
+            f"the model does not run on a {'x'.join(map(str, input_size))} input ({first}); pass a fitting --input-size"
         ) from None
     finally:
         rec.close()
@@ -296,24 +328,21 @@ def discover_sites(model: nn.Module, input_size: tuple[int, int, int], device: s
     return SiteReport(sites=sites, total_macs=rec.macs_total, input_size=tuple(input_size), unused_pools=unused, stages=stages)
 
 
-_FX_NAMES = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "max_pool2d", "avg_pool2d", "lp_pool2d", "mean", "amax", "sum"}
-
-
 def _mark_fx(model: nn.Module, sites: list[Site]) -> None:
-    """Functional sites become ``swappable_by="fx"`` when torch.fx traces the model and has such a node."""
-    functional = [s for s in sites if s.kind == "functional-pool"]
-    if not functional:
-        return
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - untraceable models (control flow, dynamic shapes) stay "none"
-        return
-    traced = {node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-              for node in graph.nodes if node.op in ("call_function", "call_method")}
-    for s in functional:
-        base = s.op.split("(")[0]
-        if base in traced and base in _FX_NAMES:
-            s.swappable_by = "fx"
+    """Functional sites become ``swappable_by="fx"`` when their owner's own forward traces with torch.fx and
+    makes such a call (``convert`` rewrites exactly that call; see ``fxsites``)."""
+    from . import fxsites
+
+    for s in sites:
+        if s.kind != "functional-pool":
+            continue
+        owner_path, _ = fxsites.split_site(s.path)
+        try:
+            owner = model.get_submodule(owner_path) if owner_path else model
+            fxsites.find_call(owner, s.path)
+        except Exception:  # noqa: BLE001 - untraceable owners (control flow, dynamic shapes) stay "none"
+            continue
+        s.swappable_by = "fx"
 
 
 def _assign_roles(sites: list[Site], ends: dict[int, int], events: list[tuple[int, int]]) -> None:

@@ -121,6 +121,8 @@ def build_model(
     module = build_base(source, name, kwargs)
     size_default, mean, std = _defaults(source, name, module, in_chans or _first_conv_channels(module, source))
     size = parse_input_size(input_size) if isinstance(input_size, str) else (tuple(input_size) if input_size else size_default)
+    if tuple(size[1:]) != tuple(size_default[1:]):
+        module = _build_for_size(source, name, kwargs, module, size, size_default)
     if weights is not None:
         load_state_dict_strict(module, read_state_dict(weights), str(weights), spec)
     bundle = ModelBundle(module=module, base={"source": source, "name": name, "kwargs": kwargs},
@@ -128,6 +130,39 @@ def build_model(
     if bundle.num_classes is None:
         bundle.base["kwargs"]["num_classes"] = _infer_num_classes(module)
     return bundle
+
+
+_TV_SIZE_ARG = {"maxvit_t": "input_size"}  # torchvision models built for one input size, and the argument that sets it
+
+
+def _build_for_size(source: str, name: str, kwargs: dict[str, Any], module: nn.Module, size: tuple[int, int, int],
+                    default: tuple[int, int, int]) -> nn.Module:
+    """Rebuild models whose position embeddings / attention biases are made for one input size (timm's ViT,
+    DeiT, Swin, LeViT, CoAtNet, MaxViT ...; torchvision's ViT and MaxViT) for the size asked; ``kwargs`` records
+    the argument so that a checkpoint rebuilds the same model. CNNs, which take any size, are left as they are."""
+    h, w = int(size[1]), int(size[2])
+    if source == "timm":
+        arg, value = "img_size", [h, w]
+    elif source == "tv" and name.startswith("vit_"):
+        if h != w:
+            raise BadInputError(f"tv:{name} takes square inputs only; pass --input-size 3x{h}x{h}")
+        arg, value = "image_size", h
+    elif source == "tv" and name in _TV_SIZE_ARG:
+        arg, value = _TV_SIZE_ARG[name], [h, w]
+    else:
+        return module
+    try:
+        rebuilt = build_base(source, name, {**kwargs, arg: value})
+    except TypeError as e:
+        if arg in str(e):  # the model takes any input size
+            return module
+        raise
+    except (AssertionError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise BadInputError(f"{source}:{name} cannot be built for a {h}×{w} input ({first}); pass an --input-size it "
+                            f"supports (its default is {default[1]}×{default[2]})") from None
+    kwargs[arg] = value
+    return rebuilt
 
 
 def _first_conv_channels(module: nn.Module, source: str) -> int:

@@ -4,6 +4,7 @@ Key mismatches are reported by name; nothing is silently skipped with strict=Fal
 """
 from __future__ import annotations
 
+import collections
 import pickle
 from pathlib import Path
 
@@ -74,4 +75,11 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
             f"weights in {source} do not fit {target}: " + "; ".join(parts)
             + "; check the model name, --num-classes and --in-chans"
         )
+    if getattr(state, "_metadata", None) is None:
+        # a plain mapping (safetensors, a bare dict) carries no module versions: show each module's
+        # _load_from_state_dict its own current version, as the weights were made for this architecture
+        own_meta = getattr(own, "_metadata", None)
+        state = collections.OrderedDict(state)
+        if own_meta is not None:
+            state._metadata = own_meta  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=True)

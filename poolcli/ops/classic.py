@@ -17,7 +17,7 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6, kerne
     """Generalised mean (Radenović et al.): (mean x^p)^(1/p) over the whole map or over windows; x clamped at eps."""
     xp = x.clamp(min=eps).pow(p)
     pooled = F.adaptive_avg_pool2d(xp, 1) if kernel_size is None else F.avg_pool2d(xp, kernel_size, stride or kernel_size)
-    return pooled.pow(1.0 / p)
+    return pooled.pow(1.0 / p).clone()  # pow saves its result for backward: an in-place consumer must not see it
 
 
 class _ExponentPool(nn.Module):
@@ -104,7 +104,7 @@ class MAC(nn.Module):
     is_poolcli_pool = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.amax((2, 3), keepdim=True)
+        return x.amax((2, 3), keepdim=True).clone()  # amax saves its result for backward (in-place consumers)
 
 
 def rmac_regions(h: int, w: int, levels: int = 3, overlap: float = 0.4) -> list[tuple[int, int, int, int]]:

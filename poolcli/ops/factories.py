@@ -10,7 +10,7 @@ from torch import nn
 
 from .classic import MAC, RMAC, SPoC, GeM, LPPool2d, SoftPool2d
 from .gsp import GSP
-from .learned import LearnedLinearPool
+from .learned import LearnedLinearPool, LearnedMapPool
 from .ppool import PPool2d
 from .registry import register
 
@@ -37,26 +37,26 @@ def _channels(p: dict[str, Any], replaced: nn.Module | None) -> int:
     return int(c)
 
 
-@register("avg", "average pooling: avg[:kernel=2,stride=2,padding=0]")
+@register("avg", "average pooling: avg[:kernel=2,stride=2,padding=0,ceil_mode=false]", window=True, ceil=True)
 def _avg(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     k, s, pad = _window(p, replaced)
     return nn.AvgPool2d(k, s, pad, count_include_pad=bool(p.pop("count_include_pad", False)), **p)
 
 
-@register("max", "max pooling: max[:kernel=2,stride=2,padding=0]")
+@register("max", "max pooling: max[:kernel=2,stride=2,padding=0,ceil_mode=false]", window=True, ceil=True)
 def _max(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     k, s, pad = _window(p, replaced)
     return nn.MaxPool2d(k, s, pad, **p)
 
 
-@register("ppool", takes_channels=True, help="P-pooling: ppool[:kernel=2,stride=2,padding=0,alpha=FIXED,alpha_init=8,alpha_max=50,channels=C]")
+@register("ppool", takes_channels=True, window=True, help="P-pooling: ppool[:kernel=2,stride=2,padding=0,alpha=FIXED,alpha_init=8,alpha_max=50,channels=C]")
 def _ppool(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     k, s, pad = _window(p, replaced)
     channels = _channels(p, replaced) if p.get("alpha") is None else int(p.pop("channels", 1))
     return PPool2d(channels, k, s, pad, **p)
 
 
-@register("softpool", "SoftPool: softpool[:kernel=2,stride=2,padding=0]")
+@register("softpool", "SoftPool: softpool[:kernel=2,stride=2,padding=0]", window=True)
 def _softpool(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     k, s, pad = _window(p, replaced)
     return SoftPool2d(k, s, pad)
@@ -67,7 +67,8 @@ def _gem(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     return GeM(**p)
 
 
-@register("lp", "LP pooling (Σ|x|^p)^(1/p): lp[:p=2,learnable=false] global, or with kernel=K[,stride,padding] local")
+@register("lp", "LP pooling (Σ|x|^p)^(1/p): lp[:p=2,learnable=false] global, or with kernel=K[,stride,padding] local",
+          window=True)
 def _lp(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     window = {}
     if "kernel" in p or hasattr(replaced, "kernel_size"):
@@ -98,14 +99,24 @@ def _gsp(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
                gamma=float(p.pop("gamma", 5.0)), flatten=bool(p.pop("flatten", False)), **p)
 
 
-@register("blur", takes_channels=True, help="BlurPool (timm): blur[:channels=C,filt_size=3,stride=2]")
+@register("blur", takes_channels=True, window=True,
+          help="BlurPool (binomial filter, timm's buffers): blur[:channels=C,kernel=3,stride=2,padding=(kernel-1)/2]")
 def _blur(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
-    from timm.layers import BlurPool2d
+    from .blur import BlurPool2d
 
     channels = _channels(p, replaced)
+    size = p.pop("kernel", p.pop("filt_size", 3))
     stride = p.pop("stride", _inherit(replaced, "stride", 2))
-    stride = int(stride[0] if isinstance(stride, (tuple, list)) else stride)
-    return BlurPool2d(channels, filt_size=int(p.pop("filt_size", 3)), stride=stride, **p)
+    size, stride = _square(size, "kernel"), _square(stride, "stride")
+    return BlurPool2d(channels, filt_size=size, stride=stride, padding=p.pop("padding", None), **p)
+
+
+def _square(v: Any, what: str) -> int:
+    if isinstance(v, (tuple, list)):
+        if len(set(int(x) for x in v)) != 1:
+            raise ValueError(f"blur takes a square {what}, got {list(v)}")
+        return int(v[0])
+    return int(v)
 
 
 @register("learned", "learned linear pooling: learned:FILE[,trainable=true] (a fit-pooling file), or "
@@ -119,3 +130,10 @@ def _learned(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
         return LearnedLinearPool.from_tensors(tensors, meta, trainable=bool(p.get("trainable", False)))
     return LearnedLinearPool(int(p["channels"]), (int(p["in_h"]), int(p["in_w"])), (int(p["out_h"]), int(p["out_w"])),
                              k=int(p.get("k", 2)), trainable=bool(p.get("trainable", False)))
+
+
+@register("learned_map", "learned spatial map shared by all channels: learned_map:in_h=H,in_w=W,out_h=Ho,out_w=Wo "
+                         "(W from the state_dict; convert builds it for a stage's other branches from learned pooling)")
+def _learned_map(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
+    return LearnedMapPool((int(p["in_h"]), int(p["in_w"])), (int(p["out_h"]), int(p["out_w"])),
+                          trainable=bool(p.get("trainable", False)))

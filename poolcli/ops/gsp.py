@@ -26,10 +26,15 @@ def unit_ball(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def transport_costs(f: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """c[b, i, j] = ‖N(ω_j) − N(f_bi)‖ for f [B, n, d], prototypes [m, d]."""
-    fn, wn = unit_ball(f), unit_ball(prototypes)
-    sq = (fn * fn).sum(-1, keepdim=True) - 2 * fn @ wn.t() + (wn * wn).sum(-1)[None, None, :]
-    return torch.sqrt(torch.clamp(sq, min=0.0) + 1e-12)
+    """c[b, i, j] = ‖N(ω_j) − N(f_bi)‖ for f [B, n, d], prototypes [m, d].
+
+    Computed from the differences (``torch.cdist`` without the matrix-product shortcut): the expansion
+    ‖a‖² − 2a·b + ‖b‖² cancels catastrophically near a prototype (in float32 a feature equal to a prototype
+    got cost ~1e-3 instead of 0, moving z by 1e-2 at γ = 500). cdist's gradient at zero distance is 0 (a
+    subgradient of the norm), so no ε under the root is needed.
+    """
+    fn, wn = unit_ball(f), unit_ball(prototypes).to(f.dtype)
+    return torch.cdist(fn, wn.unsqueeze(0).expand(fn.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
 
 
 @torch.no_grad()

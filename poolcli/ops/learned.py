@@ -76,3 +76,46 @@ class LearnedLinearPool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, in={self.in_hw}, out={self.out_hw}, k={self.k}, trainable={isinstance(self.P, nn.Parameter)}"
+
+
+class LearnedMapPool(nn.Module):
+    """Pooling with one learned spatial map per output location, the same for every channel:
+    y[b, c, m] = Σ_n W[m, n] x[b, c, n], each row of W summing to 1 (constants pass through, like average
+    pooling). Built from a learned pooling's top map, it pools the other branches of a stage (a ResNet
+    block's strided shortcut) with the same spatial weights as the learned pooling that replaced its conv."""
+
+    is_poolcli_pool = True
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int], trainable: bool = False):
+        super().__init__()
+        self.in_hw, self.out_hw = tuple(int(v) for v in in_hw), tuple(int(v) for v in out_hw)
+        weights = torch.zeros(self.out_hw[0] * self.out_hw[1], self.in_hw[0] * self.in_hw[1])
+        if trainable:
+            self.W = nn.Parameter(weights)
+        else:
+            self.register_buffer("W", weights)
+
+    @classmethod
+    def from_learned(cls, pool: LearnedLinearPool) -> "LearnedMapPool":
+        """Rows of the top map P[0], scaled to sum 1 (a row whose sum nearly cancels uses |P[0]| instead)."""
+        top = pool.P.detach()[0].double()
+        total = top.sum(1, keepdim=True)
+        weak = total.abs() <= 1e-6 * top.abs().sum(1, keepdim=True)
+        rows = torch.where(weak, top.abs() / top.abs().sum(1, keepdim=True).clamp(min=1e-300), top / total)
+        mod = cls(pool.in_hw, pool.out_hw, trainable=isinstance(pool.P, nn.Parameter))
+        with torch.no_grad():
+            mod.W.copy_(rows.float())
+        return mod
+
+    def spec_params(self) -> dict[str, int | bool]:
+        return {"in_h": self.in_hw[0], "in_w": self.in_hw[1], "out_h": self.out_hw[0], "out_w": self.out_hw[1],
+                "trainable": isinstance(self.W, nn.Parameter)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if (h, w) != self.in_hw:
+            raise ValueError(f"learned map pooling was fitted for {self.in_hw[0]}×{self.in_hw[1]} inputs, got {h}×{w}")
+        return torch.einsum("mn,bcn->bcm", self.W.to(x.dtype), x.reshape(b, c, h * w)).reshape(b, c, *self.out_hw)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_hw}, out={self.out_hw}, trainable={isinstance(self.W, nn.Parameter)}"

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
-_ABI = {"ppool": 1}
+_ABI = {"ppool": 2}
 _P, _I, _MODE = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOM = [_I] * 11 + [_MODE, _I, _I]  # C, h, w, ho, wo, kh, kw, sh, sw, ph, pw, mode, n0, n1
 _X_ALPHA = [_P, _P, _I, _I, _I, _I]  # x, α and α's four strides

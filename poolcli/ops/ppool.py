@@ -1,12 +1,15 @@
 """P-pooling (seed 002): y = Σ x^(α+1) / Σ x^α over each window, α per output location.
 
-Computed as a weighted average with weights w_i = exp(α (ln x̃_i − ln max x̃)), x̃ = max(x, tiny): all
-weights lie in [0, 1] and the window max has weight 1, so nothing overflows for any α ≥ 0 in fp32,
-fp16 or bf16 (half inputs are computed in fp32 and cast back). α = 0 is average pooling exactly
+Computed as a weighted average with weights w_i = exp(α (ln x_i − ln max x)): all weights lie in [0, 1]
+and the window max has weight 1, so nothing overflows for any α ≥ 0 in fp32, fp16 or bf16 (half inputs
+are computed in fp32 and cast back). An exact zero gets weight 0^α: 0 for α > 0, 1 for α = 0 (values below
+the smallest normal float count as zero; ln 0 is a finite stand-in, see ``_log_floor``); a window of zeros
+pools to 0. α = 0 is average pooling exactly
 (padding excluded, like ``avg_pool2d(count_include_pad=False)``); α → ∞ is max pooling.
 
 The backward is closed form (no autograd graph over the k² taps):
-  ∂y/∂x_i = p_i (1 + α (x_i − y) / x̃_i)   (the 1/x̃ term only where x > tiny),
+  ∂y/∂x_i = p_i (1 + α (x_i − y) / x_i)   (the 1/x term only where x > 0; at x = 0 with 0 < α < 1 the
+            true derivative is unbounded, and the convention p_i = 0 gives 0: a subgradient),
   ∂y/∂α   = Σ_i p_i (ln x̃_i − ln m)(x_i − y),     p_i = w_i / Σ w.
 Negative inputs: ``negative="shift"`` pools x − s and adds s back, s = min(0, min of each map)
 (paper §3.2: f(R − x_min) + x_min, applied only when a map has negative values); ``"clamp"`` clips at 0.
@@ -28,12 +31,16 @@ from .windows import out_size, pad, pair, taps
 _MODES = {"shift": 1, "clamp": 2}
 
 
-def _log_tilde(x: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(x, min=torch.finfo(x.dtype).tiny).log_()
-
-
 def _log_floor(x: torch.Tensor) -> float:
-    return float(torch.log(torch.tensor(torch.finfo(x.dtype).tiny, dtype=x.dtype)))
+    """The stand-in for ln 0: finite, and so negative that exp(α (ln0 − m)) is exactly 0 for any α ≥ 1e-18
+    (0^α = 0) while α = 0 gives exp(0) = 1 (0^0 = 1: average pooling counts zeros)."""
+    return -1e200 if x.dtype == torch.float64 else -1e20
+
+
+def _log_tilde(x: torch.Tensor) -> torch.Tensor:
+    """ln x, with exact zeros (and values below the smallest normal float) mapped to :func:`_log_floor`."""
+    tiny = torch.finfo(x.dtype).tiny
+    return torch.where(x >= tiny, torch.clamp(x, min=tiny).log(), torch.full_like(x, _log_floor(x)))
 
 
 class _PPool(torch.autograd.Function):
@@ -58,7 +65,7 @@ class _PPool(torch.autograd.Function):
         y = num / den
         ctx.save_for_backward(x, alpha, y, den, lm)
         ctx.geometry = (k, s, p)
-        return y
+        return y.clone()  # the saved y must not be the output: an in-place consumer (ReLU(inplace)) would change it
 
     @staticmethod
     @once_differentiable
@@ -86,12 +93,14 @@ class _PPool(torch.autograd.Function):
                 torch.mul(gp, dl, out=tmp)
                 galpha.addcmul_(tmp, diff)
             if gx is not None:
-                # g·p·(1 + α (x − y)/x̃), the 1/x̃ term only where x > tiny (ln x̃ is flat below)
+                # g·p·(1 + α (x − y)/x), the 1/x term only where x ≥ tiny (a zero tap has p = 0 for α > 0)
                 torch.clamp(xt, min=tiny, out=tmp)
-                tmp.reciprocal_().mul_(diff).mul_(alpha).masked_fill_(xt <= tiny, 0.0).add_(1.0).mul_(gp)
+                tmp.reciprocal_().mul_(diff).mul_(alpha).masked_fill_(xt < tiny, 0.0).add_(1.0).mul_(gp)
                 gx[..., si, sj] += tmp
         if gx is not None and p != (0, 0):
             gx = gx[..., p[0]:p[0] + h, p[1]:p[1] + w]
+        if galpha is not None:  # as the kernel and torch.clamp: no α gradient where α ≤ 0
+            galpha.masked_fill_(alpha <= 0, 0.0)
         return gx, galpha, None, None, None
 
 
@@ -121,7 +130,7 @@ class _PPoolNative(torch.autograd.Function):
         _launch("fwd", x, alpha, k, s, p, mode, y)
         ctx.save_for_backward(x, alpha, y)
         ctx.geom = (k, s, p, mode)
-        return y
+        return y.clone()  # the saved y must not be the output: an in-place consumer (ReLU(inplace)) would change it
 
     @staticmethod
     @once_differentiable
@@ -149,6 +158,9 @@ def p_pool2d(x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride
     k = pair(kernel_size)
     s = pair(stride if stride is not None else kernel_size)
     p = pair(padding)
+    if min(k) < 1 or min(s) < 1 or min(p) < 0 or any(2 * pp > kk for pp, kk in zip(p, k)):
+        raise ValueError(f"P-pooling needs kernel ≥ 1, stride ≥ 1 and 0 ≤ padding ≤ kernel/2 (as torch's pools), got "
+                         f"kernel={k}, stride={s}, padding={p}")
     out_dtype = x.dtype
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.to(work)

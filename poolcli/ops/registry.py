@@ -15,15 +15,21 @@ from ..errors import BadInputError
 Factory = Callable[[dict[str, Any], "nn.Module | None"], nn.Module]
 _REGISTRY: dict[str, tuple[Factory, str]] = {}
 _TAKES_CHANNELS: set[str] = set()
+_WINDOWED: set[str] = set()
+_CEIL: set[str] = set()
 
 
-def register(name: str, help: str = "", takes_channels: bool = False) -> Callable[[Factory], Factory]:
+def register(name: str, help: str = "", takes_channels: bool = False, window: bool = False,
+             ceil: bool = False) -> Callable[[Factory], Factory]:
     """``takes_channels``: the operator has per-channel parameters and accepts ``channels=C`` (callers
-    that know the site's shape, like ``convert``, fill it in)."""
+    that know the site's shape, like ``convert``, fill it in). ``window``: a local pool that takes
+    ``kernel``, ``stride`` and ``padding`` (convert chooses them to keep a site's grid). ``ceil``: it also
+    takes ``ceil_mode`` (others meet a ceil-mode grid through a run-time pad)."""
     def deco(fn: Factory) -> Factory:
         _REGISTRY[name] = (fn, help)
-        if takes_channels:
-            _TAKES_CHANNELS.add(name)
+        for flag, group in ((takes_channels, _TAKES_CHANNELS), (window, _WINDOWED), (ceil, _CEIL)):
+            if flag:
+                group.add(name)
         return fn
 
     return deco
@@ -32,6 +38,16 @@ def register(name: str, help: str = "", takes_channels: bool = False) -> Callabl
 def takes_channels(name: str) -> bool:
     _load_builtin()
     return name in _TAKES_CHANNELS
+
+
+def is_windowed(name: str) -> bool:
+    _load_builtin()
+    return name in _WINDOWED
+
+
+def takes_ceil_mode(name: str) -> bool:
+    _load_builtin()
+    return name in _CEIL
 
 
 def _value(text: str) -> Any:
@@ -73,8 +89,9 @@ def build_op(name: str, params: dict[str, Any], replaced: nn.Module | None = Non
         raise BadInputError(f"unknown pooling operator '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     try:
         return _REGISTRY[name][0](dict(params), replaced)
-    except TypeError as e:
-        raise BadInputError(f"bad parameters for '{name}': {e}") from None
+    except (TypeError, ValueError, KeyError) as e:
+        raise BadInputError(f"bad parameters for '{name}': {str(e).strip()[:200]}; see 'poolcli convert --help' for the "
+                            "operators and their parameters") from None
 
 
 def build_from_spec(text: str, replaced: nn.Module | None = None) -> nn.Module:

@@ -14,7 +14,9 @@ from ..ops.learned import LearnedLinearPool
 
 def save_pooling(path: Path | str, fit: PoolingFit, channel_mean: torch.Tensor, channel_scale: torch.Tensor,
                  meta: dict[str, Any]) -> None:
-    tensors = {"P": fit.P, "eigenvalues": fit.eigenvalues, "ratio": fit.ratio, "avg_ratio": fit.avg_ratio,
+    defined = torch.isfinite(fit.ratio) & torch.isfinite(fit.avg_ratio)
+    tensors = {"P": fit.P, "eigenvalues": fit.eigenvalues, "ratio_defined": defined.to(torch.uint8),
+               "ratio": torch.nan_to_num(fit.ratio, nan=0.0), "avg_ratio": torch.nan_to_num(fit.avg_ratio, nan=0.0),
                "channel_mean": channel_mean.float(), "channel_scale": channel_scale.float()}
     write_pooling(path, tensors, {**fit.summary(), **meta})
 

@@ -12,11 +12,12 @@
 #define MODE_SHIFT 1
 #define MODE_CLAMP 2
 
-int ppool_abi_version(void) { return 1; }
+int ppool_abi_version(void) { return 2; }
 
 #define T float
 #define SFX f32
 #define TINY FLT_MIN
+#define ZLOG (-1e20f)
 #define LOWEST (-FLT_MAX)
 #define EXP expf
 #define LOG logf
@@ -24,6 +25,7 @@ int ppool_abi_version(void) { return 1; }
 #undef T
 #undef SFX
 #undef TINY
+#undef ZLOG
 #undef LOWEST
 #undef EXP
 #undef LOG
@@ -31,6 +33,7 @@ int ppool_abi_version(void) { return 1; }
 #define T double
 #define SFX f64
 #define TINY DBL_MIN
+#define ZLOG (-1e200)
 #define LOWEST (-DBL_MAX)
 #define EXP exp
 #define LOG log

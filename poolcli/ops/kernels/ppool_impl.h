@@ -2,6 +2,9 @@
  *   T      the element type (float or double)
  *   SFX    the symbol suffix (f32 or f64)
  *   TINY   the smallest normal number of T, LOWEST its most negative finite number
+ *   ZLOG   the stand-in for ln 0: finite (fast-math assumes no infinities) and so negative that
+ *          exp(α (ZLOG − lm)) is exactly 0 for any α the layer uses (α ≥ 1e-18), and 1 for α = 0:
+ *          an exact zero (or a value below TINY) gets weight 0^α as the formula says
  *   EXP, LOG  the exp and log functions for T
  *
  * The maths is the one of poolcli/ops/ppool.py (same weighted-average form, same gradients, same
@@ -22,7 +25,7 @@
 typedef struct {
     int64_t sh, sw, hq, wq, bs;  /* strides (phases), block rows/cols, block stride (with one spare row) */
     int64_t ho, wo, f;           /* output grid, f = ho·wq flattened lanes */
-    T *x, *l, *v;                /* [sh·sw][bs]: padded x (0 outside), ln x~ (ln TINY outside), 1/0 validity */
+    T *x, *l, *v;                /* [sh·sw][bs]: padded x (0 outside), ln x (ZLOG for 0 and outside), 1/0 validity */
     T *g;                        /* same layout: gradient wrt the padded x (backward only) */
     T *lm, *acc, *acc2, *acc3, *al, *gy;  /* [f] each */
     T *wt;                       /* [kh·kw][f]: the tap weights (backward only) */
@@ -129,9 +132,9 @@ static T CAT(plane_build, SFX)(PLANE *P, const T *xin, int64_t h, int64_t w, int
     }
     const int64_t n = P->sh * sw * P->bs;
 #pragma omp simd
-    for (int64_t i = 0; i < n; i++) {  /* cells outside the plane get ln TINY */
-        const T xv = P->x[i] > TINY ? P->x[i] : TINY;
-        P->l[i] = LOG(xv);
+    for (int64_t i = 0; i < n; i++) {  /* zeros (and values below TINY, and cells outside the plane) get ZLOG */
+        const T xv = P->x[i] >= TINY ? P->x[i] : 1;
+        P->l[i] = P->x[i] >= TINY ? LOG(xv) : ZLOG;
     }
     return s;
 }
@@ -266,7 +269,7 @@ int CAT(ppool_bwd, SFX)(const T *x, const T *a, int64_t asb, int64_t asc, int64_
                     const T gp = W[t] * gd[t];
                     const T d = X[t] - ys[t];
                     gar[t] += gp * (L[t] - lm[t]) * d;
-                    const T inv = X[t] > TINY ? 1 / X[t] : 0;      /* ln x~ is flat below TINY */
+                    const T inv = X[t] >= TINY ? 1 / X[t] : 0;     /* a zero tap has weight 0 (α > 0) or no ln term (α = 0) */
                     G[t] += gp * (1 + al[t] * d * inv);
                 }
             }
