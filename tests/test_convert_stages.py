@@ -233,10 +233,22 @@ def test_no_operator_is_broken_by_an_in_place_consumer(impl, monkeypatch):
         assert x.grad is not None and torch.isfinite(x.grad).all(), name
 
 
-def test_gsp_is_reported_as_gap_until_initialised(tmp_path, cli):
+def test_gsp_is_reported_as_gap_until_initialised_and_init_data_sets_it(tmp_path, cli):
+    from .conftest import CNN
+
     fixture = build_model("poolcli:convnet4", num_classes=10)
     new, (r,) = convert(fixture, [("@global", "gsp:m=8")])
     assert "global average pooling until its prototypes are set" in r.note
+    out = tmp_path / "g.safetensors"
+    code, _, err = cli("convert", CNN, "--swap", "@global=gsp:m=8", "-o", out)
+    assert code == 0 and "global average pooling until" in err
+    code, _, err = cli("convert", CNN, "--swap", "@global=gsp:m=8", "--init-data", "digits:train", "--init-images", "64",
+                       "-o", out)
+    assert code == 0 and "initialised from 64 images" in err, err
+    gsp = load_checkpoint(out).module.global_pool
+    assert bool(gsp.initialized) and torch.isfinite(gsp.prototypes).all()
+    code, _, err = cli("convert", CNN, "--swap", "@global=gem", "--init-data", "digits:train", "-o", tmp_path / "n.safetensors")
+    assert code == 2 and "no gsp operator" in err and not (tmp_path / "n.safetensors").exists()
 
 
 # -- checkpoints that reload -----------------------------------------------------------------------------------

@@ -36,19 +36,22 @@ def test_finetune_trains_records_and_reproduces():
 def test_only_pools_leaves_the_rest_alone():
     before = _converted()
     conv_w = before.module.get_submodule("stage2.0").weight.detach().clone()
+    before_conv1 = before.module.get_submodule("stage1.0.0").weight.detach().clone()
     p0 = float(before.module.get_submodule("global_pool").p.detach())
     after, doc = finetune(before, FinetuneConfig(**SMALL, only_pools=True, lr=1e-2))
     assert torch.equal(after.module.get_submodule("stage2.0").weight, conv_w)
     assert float(after.module.get_submodule("global_pool").p.detach()) != p0
-    assert doc["trainable_params"] == sum(p.numel() for path in ("stage1.0", "global_pool")
+    # only the new operators train: the stride-1 conv that P-pooling follows at stage1.0 is not "the pooling"
+    assert doc["trainable_params"] == sum(p.numel() for path in ("stage1.0.1", "global_pool")
                                           for p in after.module.get_submodule(path).parameters())
+    assert torch.equal(after.module.get_submodule("stage1.0.0").weight, before_conv1)
 
 
 def test_pool_parameters_get_their_own_lr_and_no_decay():
     from poolcli.train.loop import param_groups
 
     model = _converted().module
-    groups = param_groups(model, 1e-3, 0.05, ["global_pool"], pool_lr_mult=10)
+    groups = param_groups(model, 1e-3, 0.05, [model.get_submodule("global_pool")], pool_lr_mult=10)
     assert groups[1]["lr"] == pytest.approx(1e-2) and groups[1]["weight_decay"] == 0.0
     assert groups[1]["params"] == [model.get_submodule("global_pool").p]
 

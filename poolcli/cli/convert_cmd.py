@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -22,14 +22,23 @@ class Recipe(str, enum.Enum):
 
 
 def run_convert(model: str, swaps: list[str], output: Path, *, weights=None, num_classes=None, in_chans=None,
-                input_size=None, trainable: bool = False, seed: int = 0, recipe: str = "after") -> dict[str, Any]:
+                input_size=None, trainable: bool = False, seed: int = 0, recipe: str = "after",
+                init_data: str | None = None, init_images: int = 1024) -> dict[str, Any]:
     bundle = load_bundle(model, weights, num_classes, in_chans, input_size)
     report = discover_sites(bundle.module, bundle.input_size)
     new, results = convert(bundle, [parse_swap(s) for s in swaps], trainable=trainable, report=report, seed=seed, recipe=recipe)
+    initialised = None
+    if init_data is not None:
+        from ..pipeline.gspinit import init_gsp_prototypes
+
+        initialised = init_gsp_prototypes(new, init_data, images=init_images, seed=seed)
+        for r in results:
+            if r.note.startswith("GSP is global average pooling"):
+                r.note = f"GSP prototypes initialised from {initialised} images of {init_data}"
     after = discover_sites(new.module, new.input_size)
     save_checkpoint(new, None, output, verify=True)
     params = (sum(p.numel() for p in bundle.module.parameters()), sum(p.numel() for p in new.module.parameters()))
-    return {"schema": "poolcli.convert/2", "model": model, "recipe": recipe, "output": str(output), "swaps": [r.to_dict() for r in results],
+    return {"schema": "poolcli.convert/2", "model": model, "recipe": recipe, "gsp_init_images": initialised, "output": str(output), "swaps": [r.to_dict() for r in results],
             "manifest_swaps": new.swaps, "params": {"before": params[0], "after": params[1]},
             "macs": {"before": report.total_macs, "after": after.total_macs},
             "macs_definition": "multiply-accumulates of one image's forward pass (conv, linear, pooling taps)",
@@ -45,6 +54,9 @@ def convert_cmd(model: Annotated[str, typer.Argument(help="Model to convert (che
                                                        "conv at stride 1, then the operator; BlurPool) or 'first' (the operator "
                                                        "pools the stage's input, its convs run at stride 1; seed 002).")] = Recipe.after,
                 trainable: Annotated[bool, typer.Option("--trainable", help="Make learned pooling weights P trainable.")] = False,
+                init_data: Annotated[Optional[str], typer.Option("--init-data", help="Set GSP prototypes now from these "
+                                                                 "images (else GSP is GAP until finetune has seen 1024).")] = None,
+                init_images: Annotated[int, typer.Option("--init-images", help="Images for --init-data.")] = 1024,
                 weights: WeightsOpt = None, num_classes: NumClassesOpt = None, in_chans: InChansOpt = None,
                 input_size: InputSizeOpt = None, seed: SeedOpt = 0, json_out: JsonOpt = False) -> None:
     """Swap the pooling at one or more sites and write a poolcli checkpoint.
@@ -56,7 +68,8 @@ def convert_cmd(model: Annotated[str, typer.Argument(help="Model to convert (che
     Example: poolcli convert fixtures/digits-cnn.safetensors --swap @down3=learned:pool.safetensors -o learned.safetensors
     """
     doc = run_convert(model, swap, output, weights=weights, num_classes=num_classes, in_chans=in_chans,
-                      input_size=input_size, trainable=trainable, seed=seed, recipe=recipe.value)
+                      input_size=input_size, trainable=trainable, seed=seed, recipe=recipe.value, init_data=init_data,
+                      init_images=init_images)
     if not STATE["quiet"]:
         table = Table(title=f"convert {model} → {output} (recipe: {recipe.value})", title_justify="left")
         for col in ("site", "kind", "was", "now", "mode", "output", "params was → now"):

@@ -122,6 +122,7 @@ def apply_record(model: nn.Module, record: dict[str, Any], op: nn.Module | None)
         raise BadInputError(f"unknown swap mode '{mode}' ({', '.join(MODES)}); the checkpoint may come from a newer poolcli")
     if op is not None:
         op = wrap_op(op, record)
+        op._poolcli_swapped = True  # what finetune trains as "the pooling" (not the convs around it)
     if "::" in path:  # a functional call: replaced through torch.fx
         if mode not in ("replace", "identity"):
             raise BadInputError(f"{path} is a functional pooling call: it can only be replaced")
@@ -155,6 +156,15 @@ def _is_pool_like(m: nn.Module) -> bool:
     from .sites import is_pool_module
 
     return is_pool_module(m)
+
+
+def swapped_operators(model: nn.Module) -> list[nn.Module]:
+    """The operators that convert (or a checkpoint's replay) put into ``model``, outermost only."""
+    found: list[nn.Module] = []
+    for m in model.modules():
+        if getattr(m, "_poolcli_swapped", False) and not any(m in set(f.modules()) for f in found):
+            found.append(m)
+    return found
 
 
 def apply_swaps(model: nn.Module, swaps: list[dict[str, Any]]) -> None:

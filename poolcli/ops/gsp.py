@@ -33,8 +33,10 @@ def transport_costs(f: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     got cost ~1e-3 instead of 0, moving z by 1e-2 at γ = 500). cdist's gradient at zero distance is 0 (a
     subgradient of the norm), so no ε under the root is needed.
     """
-    fn, wn = unit_ball(f), unit_ball(prototypes).to(f.dtype)
-    return torch.cdist(fn, wn.unsqueeze(0).expand(fn.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
+    work = torch.float32 if f.dtype in (torch.float16, torch.bfloat16) else f.dtype  # cdist has no half kernels on CPU
+    fn, wn = unit_ball(f.to(work)), unit_ball(prototypes.to(work))
+    cost = torch.cdist(fn, wn.unsqueeze(0).expand(fn.shape[0], -1, -1), compute_mode="donot_use_mm_for_euclid_dist")
+    return cost.to(f.dtype)
 
 
 @torch.no_grad()

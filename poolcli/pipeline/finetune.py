@@ -16,6 +16,7 @@ from ..data.specs import make_loader, open_dataset
 from ..errors import BadInputError
 from ..evaluate.classification import evaluate_classifier
 from ..models.bundle import ModelBundle
+from ..models.surgery import swapped_operators
 from ..ops.gsp import GSP, ZSRLoss
 from ..runtime import resolve_device, seed_everything
 from ..train.loop import param_groups, train_classifier
@@ -67,9 +68,10 @@ def finetune(bundle: ModelBundle, cfg: FinetuneConfig,
         raise BadInputError(f"{cfg.data} has labels up to {int(train.labels.max())} but the model has {outputs} outputs; "
                             "select classes with --classes or build the model with --num-classes")
     val = open_dataset(cfg.val, default_split="test", **common) if cfg.val else None
-    pool_paths = [s["site"] for s in bundle.swaps]
+    pool_paths = [s["site"] for s in bundle.swaps if s.get("op")]
+    pools = swapped_operators(bundle.module)
     try:
-        groups = param_groups(bundle.module, cfg.lr, cfg.weight_decay, pool_paths, cfg.pool_lr_mult, cfg.only_pools)
+        groups = param_groups(bundle.module, cfg.lr, cfg.weight_decay, pools, cfg.pool_lr_mult, cfg.only_pools)
     except ValueError as e:
         raise BadInputError(f"{e}; {'drop --only-pools or ' if cfg.only_pools else ''}convert the model first") from None
     loader = make_loader(train, cfg.batch_size, cfg.workers, shuffle=True, seed=cfg.seed, drop_last=len(train) > cfg.batch_size)
@@ -78,7 +80,7 @@ def finetune(bundle: ModelBundle, cfg: FinetuneConfig,
         m = evaluate_classifier(bundle.module, make_loader(val, cfg.batch_size, cfg.workers), dev)
         return {"val_top1": m["top1"], "val_loss": m["loss"]}
 
-    extra_loss, zsr_modules = _zsr(bundle, pool_paths, cfg, len(train.classes), groups, dev)
+    extra_loss, zsr_modules = _zsr(bundle, pools, cfg, len(train.classes), groups, dev)
 
     trainable = sum(p.numel() for g in groups for p in g["params"])
     t0 = time.perf_counter()
@@ -94,7 +96,7 @@ def finetune(bundle: ModelBundle, cfg: FinetuneConfig,
     return dataclasses.replace(bundle, extra=extra), {"schema": "poolcli.finetune/1", **record, "history": history}
 
 
-def _zsr(bundle: ModelBundle, pool_paths: list[str], cfg: FinetuneConfig, num_classes: int, groups: list[dict],
+def _zsr(bundle: ModelBundle, pools: list[torch.nn.Module], cfg: FinetuneConfig, num_classes: int, groups: list[dict],
          device: torch.device):
     """The GSP zero-shot regulariser (seed 004): weight · ZSR(z, y) for every GSP module at a swapped site,
     added to the cross-entropy (as the reference classification setup does, at 0.1; notes/gsp.md §7), with
@@ -102,7 +104,7 @@ def _zsr(bundle: ModelBundle, pool_paths: list[str], cfg: FinetuneConfig, num_cl
     it slowed fine-tuning down (README, "Fine-tuning")."""
     if cfg.zsr_weight == 0:
         return None, []
-    gsps = [m for path in pool_paths for m in bundle.module.get_submodule(path).modules() if isinstance(m, GSP)]
+    gsps = [m for op in pools for m in op.modules() if isinstance(m, GSP)]
     if not gsps:
         raise BadInputError("--zsr-weight needs a GSP pooling site; convert with --swap @global=gsp first")
     losses = [ZSRLoss(num_classes, m.proj.out_channels).to(device) for m in gsps]

@@ -12,12 +12,12 @@ from torch.utils.data import DataLoader
 from ..data.augment import random_shift
 
 
-def param_groups(module: nn.Module, lr: float, weight_decay: float, pool_paths: list[str] = (), pool_lr_mult: float = 1.0,
-                 only_pools: bool = False) -> list[dict]:
-    """Optimizer groups: parameters under ``pool_paths`` (swapped pooling sites) get lr × ``pool_lr_mult`` and no
-    weight decay (a pooling exponent pulled towards 0 would turn GeM/P-pooling into a sum; the cirtorch recipe);
-    with ``only_pools`` everything else is frozen."""
-    pool_ids = {id(p) for path in pool_paths for p in module.get_submodule(path).parameters()}
+def param_groups(module: nn.Module, lr: float, weight_decay: float, pool_modules: list[nn.Module] = (),
+                 pool_lr_mult: float = 1.0, only_pools: bool = False) -> list[dict]:
+    """Optimizer groups: the parameters of ``pool_modules`` (the operators convert swapped in, not the convs
+    they follow) get lr × ``pool_lr_mult`` and no weight decay (a pooling exponent pulled towards 0 would turn
+    GeM/P-pooling into a sum; the cirtorch recipe); with ``only_pools`` everything else is frozen."""
+    pool_ids = {id(p) for m in pool_modules for p in m.parameters()}
     pools, rest = [], []
     for p in module.parameters():
         if id(p) in pool_ids:
