@@ -134,9 +134,12 @@ def test_cli_convert_error_writes_nothing(tmp_path, cli):
 
 
 def test_timm_head_pool_that_flattens_keeps_flattening(tmp_path):
-    bundle = build_model("timm:resnet18", num_classes=4, input_size="3x32x32")
+    bundle = build_model("timm:resnet18", num_classes=4, input_size="3x64x64")
     new, (r,) = convert(bundle, [("@global", "gem")])
     assert r.shape == [512] and new.swaps[-1]["flatten"] is True
+    tiny = build_model("timm:resnet18", num_classes=4, input_size="3x32x32")  # the head sees 1×1: GeM is the identity
+    with pytest.raises(BadInputError, match="sees a 1×1 map at this input size"):
+        convert(tiny, [("@global", "gem")])
     save_checkpoint(new, None, tmp_path / "t.safetensors")
     x = _x(bundle, 2)
     with torch.no_grad():

@@ -120,5 +120,9 @@ def fit_cmd(model: Annotated[Optional[str], typer.Argument(help="Model (collects
         console().print(table)
         if doc["ridge_note"]:
             info(f"note: {doc['ridge_note']}")
+        undefined = max((f.get("cells_undefined", 0) for f in doc["fits"]), default=0)
+        if undefined:
+            info(f"note: {undefined} output cell(s) see only constant input (zero within-class scatter, e.g. blank "
+                 "border): their separability is undefined and left out of the means")
     if json_out:
         emit_json(doc)

@@ -113,18 +113,25 @@ def _module_path(site_path: str) -> str:
     return fxsites.split_site(site_path)[0] if "::" in site_path else site_path
 
 
-def _io_shapes(model: nn.Module, paths: list[str], input_size: tuple[int, int, int]) -> dict[str, tuple[list[int], list[int]]]:
-    """(input [C,H,W], output shape) of each module path on one zeros batch (first call)."""
+def _io_shapes(model: nn.Module, paths: list[str], input_size: tuple[int, int, int],
+               expect: dict[str, list[int]] | None = None) -> dict[str, tuple[list[int], list[int]]]:
+    """(input [C,H,W], output shape) of each module path on one zeros batch (first call). Paths that no longer
+    resolve (inside a container that a pool-first rewrite wrapped: its block is checked instead) are skipped.
+    With ``expect``, stop at the first path whose output differs (raising _Mismatch) before a later layer fails."""
     seen: dict[str, tuple[list[int], list[int]]] = {}
     handles = []
     for path in set(paths):
-        mod = model.get_submodule(path) if path else model
-
         def hook(_m, args, out, path=path):
             x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            y = out if isinstance(out, torch.Tensor) else None
-            seen.setdefault(path, (list(x.shape[1:]) if x is not None else [], list(y.shape[1:]) if y is not None else []))
-        handles.append(mod.register_forward_hook(hook))
+            shape = list(out.shape[1:]) if isinstance(out, torch.Tensor) else []
+            seen.setdefault(path, (list(x.shape[1:]) if x is not None else [], shape))
+            if expect is not None and path in expect and expect[path] != shape:
+                raise _Mismatch(path, shape)
+        try:
+            target = model.get_submodule(path) if path else model
+        except AttributeError:
+            continue
+        handles.append(target.register_forward_hook(hook))
     try:
         _run(model, input_size)
     finally:
@@ -356,27 +363,8 @@ class _Mismatch(Exception):
 
 def _site_outputs(model: nn.Module, paths: list[str], input_size: tuple[int, int, int],
                   expect: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
-    """Output shape ([C, H, W]) of each module path on a zeros batch; with ``expect``, stop at the first
-    path that differs (raising _Mismatch) before a later layer fails on it."""
-    shapes: dict[str, list[int]] = {}
-    handles = []
-    for path in paths:
-        def hook(_m, _a, out, path=path):
-            shape = list(out.shape[1:]) if isinstance(out, torch.Tensor) else []
-            shapes.setdefault(path, shape)
-            if expect is not None and path in expect and expect[path] != shape:
-                raise _Mismatch(path, shape)
-        try:
-            target = model.get_submodule(path) if path else model
-        except AttributeError:  # inside a container that a pool-first rewrite wrapped: its block is checked instead
-            continue
-        handles.append(target.register_forward_hook(hook))
-    try:
-        _run(model, input_size)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
+    """Output shape ([C, H, W]) of each module path (see :func:`_io_shapes`)."""
+    return {p: out for p, (_, out) in _io_shapes(model, paths, input_size, expect).items()}
 
 
 def _check_gradients(model: nn.Module, ops: list[tuple[str, nn.Module]], input_size: tuple[int, int, int]) -> None:
@@ -420,8 +408,10 @@ def _check_gradients(model: nn.Module, ops: list[tuple[str, nn.Module]], input_s
         finally:
             m.train(was)
         if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
+            why = (" (it sees a 1×1 map at this input size: give a larger --input-size)" if x.dim() == 4
+                   and tuple(x.shape[-2:]) == (1, 1) else "")
             raise BadInputError(f"the operator swapped in at {path} gets no gradient: it cannot change what the model "
-                                "computes there; choose another site or operator")
+                                f"computes there{why}; choose another site or operator")
 
 
 def _notes(name: str, op: nn.Module | None) -> str:

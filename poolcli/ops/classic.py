@@ -14,10 +14,16 @@ from .windows import out_size, pad, pair, taps
 
 
 def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6, kernel_size=None, stride=None) -> torch.Tensor:
-    """Generalised mean (Radenović et al.): (mean x^p)^(1/p) over the whole map or over windows; x clamped at eps."""
-    xp = x.clamp(min=eps).pow(p)
+    """Generalised mean (Radenović et al.): (mean x^p)^(1/p) over the whole map or over windows; x clamped at eps.
+
+    Computed as c · (mean (x/c)^p)^(1/p) with c the map's max (detached; the mean is 1-homogeneous, so the value
+    is the same): x^p cannot overflow for large activations (randomly initialised timm MobileOne reaches 1e8,
+    whose cube is past float32) or in half precision."""
+    xc = x.clamp(min=eps)
+    c = xc.detach().amax((2, 3), keepdim=True)
+    xp = (xc / c).pow(p)
     pooled = F.adaptive_avg_pool2d(xp, 1) if kernel_size is None else F.avg_pool2d(xp, kernel_size, stride or kernel_size)
-    return pooled.pow(1.0 / p).clone()  # pow saves its result for backward: an in-place consumer must not see it
+    return pooled.pow(1.0 / p) * c  # a fresh tensor: pow saves its result, which an in-place consumer must not change
 
 
 class _ExponentPool(nn.Module):
