@@ -4,7 +4,7 @@
 The paper's route (seed 001 eq. 18): per m, inv(B + αC_m) @ A, then a nonsymmetric eig. It is timed on a
 sample of m and scaled to all M. Accuracy: sin of the largest principal angle between our top-2
 subspace and scipy's float64 eigh(A, G_m) on a sample of m. Synthetic data (10 classes, C=64):
-spatially smooth class means and within-class noise, as in notes/eigen.md.
+spatially smooth class means and within-class noise.
 
     python benchmarks/fit_bench.py --side 32          # N=1024, M=256
     python benchmarks/fit_bench.py --side 56          # N=3136, M=784

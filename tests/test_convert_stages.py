@@ -10,7 +10,7 @@ from poolcli.errors import BadInputError
 from poolcli.io.poolfile import write_pooling
 from poolcli.models.checkpoint import load_checkpoint, save_checkpoint
 from poolcli.models.convert import convert, expand_sites
-from poolcli.models.grid import GridRule, PadTo, after_window, ceil_out, floor_out, rule_of
+from poolcli.models.grid import PadTo, after_window, ceil_out, floor_out, rule_of
 from poolcli.models.sites import discover_sites
 from poolcli.models.spec import build_model
 from poolcli.models.surgery import stride1_same

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import BadInputError
+from ..errors import BadInputError, RunError
 from ..io.tensorfile import read_metadata, read_tensors, write_tensors
 from .bundle import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ModelBundle
 from .spec import build_base
@@ -47,18 +47,12 @@ def save_checkpoint(model: nn.Module | ModelBundle, manifest: dict[str, Any] | N
     if dtype is not None:
         state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
         manifest = {**manifest, "storage_dtype": str(dtype).replace("torch.", "")}
-    check = None
-    if verify:
-        input_size = tuple(manifest["input_size"])
-
-        def check(tmp: Path) -> None:
-            _verify_reload(module, tmp, input_size, exact=dtype is None)
+    input_size = tuple(manifest["input_size"])
+    check = (lambda tmp: _verify_reload(module, tmp, input_size, exact=dtype is None)) if verify else None
     write_tensors(path, state, manifest, verify=check)
 
 
 def _verify_reload(module: nn.Module, tmp: Path, input_size: tuple[int, ...], exact: bool) -> None:
-    from ..errors import RunError
-
     try:
         back = load_checkpoint(tmp).module
     except BadInputError as e:

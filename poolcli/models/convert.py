@@ -44,7 +44,7 @@ from . import fxsites
 from .bundle import ModelBundle
 from .grid import GridRule, after_window, pair, rule_of, rule_of_call, window_area
 from .sites import Site, SiteReport, discover_sites, is_channels_last_pool, is_strided_conv
-from .surgery import apply_record, get_submodule
+from .surgery import ITERATING_CONTAINERS, apply_record, get_submodule
 
 RECIPES = ("after", "first")
 _WINDOW_KEYS = ("kernel", "stride", "padding")
@@ -170,10 +170,10 @@ class _Plan:
     source: str | None = None
 
 
-def _rule(site: Site, module: nn.Module) -> GridRule | None:
+def _rule(site: Site, module: nn.Module, call: tuple[str, tuple, dict] | None = None) -> GridRule | None:
+    """The site's grid rule; ``call``: a functional site's (name, args, kwargs) when already traced."""
     if "::" in site.path:
-        name, args, kwargs = fxsites.call_arguments(site.path, module)
-        return rule_of_call(name, args, kwargs)
+        return rule_of_call(*(call or fxsites.call_arguments(site.path, module)))
     return rule_of(get_submodule(module, site.path))
 
 
@@ -183,7 +183,7 @@ def _window_params(name: str, params: dict[str, Any], rule: GridRule | None, whe
     ``where``: "after" (follows a stride-1 conv), "before" (pools the site's input), or "pool" (replaces a pool)."""
     if not is_windowed(name) or rule is None:
         return params
-    if any(k in params for k in _WINDOW_KEYS) or name == "lp" and "kernel" not in params and where == "global":
+    if any(k in params for k in _WINDOW_KEYS):
         return params  # the user's explicit window wins (the shape check reports a mismatch)
     if where == "after":
         w, q = after_window(rule.stride)
@@ -198,15 +198,14 @@ def _window_params(name: str, params: dict[str, Any], rule: GridRule | None, whe
                              "padding": list(rule.padding)}
             q = (0, 0)
     if any(2 * qq > ww for qq, ww in zip(q, w)):  # PyTorch pools allow padding ≤ kernel/2: pad at run time instead
-        record["pad"] = {"kind": rule.kind if rule.kind != "floor" else "floor", "kernel": list(w), "stride": list(rule.stride),
-                         "padding": list(q)}
+        record["pad"] = {"kind": rule.kind, "kernel": list(w), "stride": list(rule.stride), "padding": list(q)}
         q = (0, 0)
     return {**params, "kernel": list(w), "stride": list(rule.stride), "padding": list(q)}
 
 
-def _check_window(name: str, params: dict[str, Any], path: str) -> None:
-    if is_windowed(name) and "kernel" in params and window_area(params["kernel"]) == 1 \
-            and max(pair(params.get("stride", 1))) > 1:
+def _check_window(name: str, params: dict[str, Any], path: str, rule: GridRule | None) -> None:
+    stride = params.get("stride", rule.stride if rule is not None else 1)  # a stride left out is the site's
+    if is_windowed(name) and "kernel" in params and window_area(params["kernel"]) == 1 and max(pair(stride)) > 1:
         raise BadInputError(f"{name} with a 1×1 window at {path} only subsamples, as the strided site already does: the "
                             "swap would not change the function; drop kernel= (convert picks a grid-keeping window) or give kernel≥2")
 
@@ -248,7 +247,8 @@ class _Builder:
         if functional and site.swappable_by != "fx":
             raise BadInputError(f"the functional call at {path} cannot be swapped: its module's forward does not trace "
                                 "with torch.fx; swap a module site instead (see 'poolcli inspect')")
-        rule = _rule(site, self.module) if site.role == "downsample" else None
+        call = fxsites.call_arguments(path, self.module) if functional else None  # one trace for rule and stand-in
+        rule = _rule(site, self.module, call) if site.role == "downsample" else None
         conv = old is not None and is_strided_conv(old)
         record: dict[str, Any] = {"site": path, "op": name}
         if conv:
@@ -260,8 +260,8 @@ class _Builder:
             c = site.in_shape[0] if (mode == "before" and site.in_shape) else (site.out_shape[0] if site.out_shape else None)
             if c is not None:
                 params["channels"] = int(c)
-        params = _window_params(name, params, rule, where if site.role == "downsample" else "global", record)
-        _check_window(name, params, path)
+        params = _window_params(name, params, rule, where, record)
+        _check_window(name, params, path, rule)
         record.update(params=params, mode=mode)
         if len(site.out_shape) == 1:
             record["flatten"] = True
@@ -269,7 +269,7 @@ class _Builder:
             record["nhwc"] = True
         if functional and site.is_global:
             record["global"] = True
-        replaced = fxsites.stand_in(*fxsites.call_arguments(path, self.module)) if functional else old
+        replaced = fxsites.stand_in(*call) if call else old
         op = build_op(name, dict(params), replaced=replaced)
         record["recipe"] = recipe if site.role == "downsample" else None
         self.plans.append(_Plan(record, op, site, alias))
@@ -296,7 +296,7 @@ class _Builder:
         if takes_channels(name) and "channels" not in params:
             params["channels"] = int(shapes[0][0])
         params = _window_params(name, params, rule, "before", record)
-        _check_window(name, params, block)
+        _check_window(name, params, block, rule)
         record["params"] = params
         op = build_op(name, dict(params), replaced=None)
         self.plans.append(_Plan(record, op, None, alias))
@@ -333,7 +333,7 @@ class _Builder:
                 raise BadInputError(f"{s.path} (same stage as {target.path}) sees a {s.in_shape[1]}×{s.in_shape[2]} grid, not the "
                                     f"{grid[0]}×{grid[1]} the learned pooling was fitted on; swap {target.path} alone by its path")
             mp = LearnedMapPool.from_learned(pool)
-            mode = "before" if is_strided_conv(get_submodule(self.module, _module_path(s.path))) and "::" not in s.path else "replace"
+            mode = "before" if "::" not in s.path and is_strided_conv(get_submodule(self.module, s.path)) else "replace"
             rec = {"site": s.path, "op": "learned_map", "params": mp.spec_params(), "mode": mode, "recipe": "learned"}
             self.plans.append(_Plan(rec, mp, s, alias, source=source))
 
@@ -373,9 +373,11 @@ def _check_gradients(model: nn.Module, ops: list[tuple[str, nn.Module]], input_s
     on the input it receives (its parameters get a non-zero gradient from a random cotangent): a swap that
     cannot change the function is refused. The check is local to each operator, because a randomly
     initialised network may zero a whole branch downstream (timm's zero-initialised last BN of a block)."""
-    inputs: dict[int, torch.Tensor] = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args: inputs.setdefault(id(mod), args[0].detach()))
-               for _, m in ops]
+    inputs: dict[int, tuple[torch.Size, torch.dtype, torch.device]] = {}  # what each operator receives
+
+    def record(mod: nn.Module, args: tuple) -> None:  # returns None: the operator's input is left as it is
+        inputs.setdefault(id(mod), (args[0].shape, args[0].dtype, args[0].device))
+    handles = [m.register_forward_pre_hook(record) for _, m in ops]
     was = model.training
     model.eval()
     try:
@@ -395,21 +397,22 @@ def _check_gradients(model: nn.Module, ops: list[tuple[str, nn.Module]], input_s
     gen = torch.Generator().manual_seed(1)
     for path, m in ops:
         params = [q for q in m.parameters() if q.requires_grad]
-        x = inputs.get(id(m))
-        if not params or x is None:
+        seen = inputs.get(id(m))
+        if not params or seen is None:
             continue
+        shape, dtype, device = seen
         was = m.training
         m.eval()
         try:  # a standard-normal input of the same shape: random-init activations can saturate an operator
-            y = m(torch.randn(x.shape, generator=gen).to(x.device, x.dtype))
+            y = m(torch.randn(shape, generator=gen).to(device, dtype))
             y = y if isinstance(y, torch.Tensor) else y[0]
             cot = torch.randn(y.shape, generator=gen).to(y.device, y.dtype)
             grads = torch.autograd.grad((y * cot).sum(), params, allow_unused=True)
         finally:
             m.train(was)
         if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
-            why = (" (it sees a 1×1 map at this input size: give a larger --input-size)" if x.dim() == 4
-                   and tuple(x.shape[-2:]) == (1, 1) else "")
+            why = (" (it sees a 1×1 map at this input size: give a larger --input-size)" if len(shape) == 4
+                   and tuple(shape[-2:]) == (1, 1) else "")
             raise BadInputError(f"the operator swapped in at {path} gets no gradient: it cannot change what the model "
                                 f"computes there{why}; choose another site or operator")
 
@@ -438,7 +441,7 @@ def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool =
             builder.add(one, spec)
     checked = [p.record["site"] for p in builder.plans if "::" not in p.record["site"]]
     wrapped = [p.record["site"] + "." for p in builder.plans if p.record["mode"] == "before" and "::" not in p.record["site"]
-               and isinstance(module.get_submodule(p.record["site"]), (nn.Sequential, nn.ModuleList, nn.ModuleDict))]
+               and isinstance(module.get_submodule(p.record["site"]), ITERATING_CONTAINERS)]
     checked = sorted(c for c in set(checked) if not any(c.startswith(w) for w in wrapped))
     before = _site_outputs(bundle.module, checked, bundle.input_size)
     results, new_ops = [], []
@@ -453,15 +456,16 @@ def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool =
             now = module.get_submodule(old_path) if "::" not in plan.record["site"] else new
         except AttributeError:  # moved into the Sequential that pool-first wrapped around its container
             now = new
-        shown = now if isinstance(now, nn.Sequential) else None
-        desc = " → ".join(type(m).__name__ for m in shown) if shown is not None else type(now).__name__ if now is not None else "-"
-        if plan.record["mode"] == "before" and old is not None and not isinstance(now, nn.Sequential):
-            desc = f"{type(plan.op).__name__} → {type(now).__name__}"
+        if isinstance(now, nn.Sequential):
+            desc, p_after = " → ".join(type(m).__name__ for m in now), _params(now)
+        elif plan.record["mode"] == "before" and old is not None:  # a block that pools its input by a pre-hook
+            desc, p_after = f"{type(plan.op).__name__} → {type(now).__name__}", p_before + _params(plan.op)
+        else:
+            desc, p_after = type(now).__name__, _params(now)
         site = plan.site
         results.append(SwapResult(site=plan.record["site"], alias=plan.alias, kind=site.kind if site else "stage-input",
                                   old=type(old).__name__ if old is not None else (site.op if site else "-"), new=desc,
-                                  mode=plan.record["mode"], shape=[], params_before=p_before,
-                                  params_after=_params(now) if plan.record["mode"] != "before" or shown is not None else p_before + _params(plan.op),
+                                  mode=plan.record["mode"], shape=[], params_before=p_before, params_after=p_after,
                                   source=plan.source, recipe=plan.record.get("recipe"), note=_notes(plan.record.get("op", ""), plan.op)))
     try:
         after = _site_outputs(module, checked, bundle.input_size, expect=before)

@@ -11,8 +11,6 @@ checkpoint replays the same rewrite from the manifest (see ``surgery.apply_swaps
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import fx, nn
 
@@ -134,18 +132,13 @@ def rewrite_call(model: nn.Module, path: str, new: nn.Module, global_pool: bool)
 
 def stand_in(name: str, args: tuple, kwargs: dict) -> nn.Module | None:
     """A pool module with the call's window, for operators that inherit kernel/stride/padding from what they replace."""
-    bound: dict[str, Any] = dict(kwargs)
-    keys = ["kernel_size", "stride", "padding"] + (["dilation", "ceil_mode"] if name == "max_pool2d" else ["ceil_mode"])
-    for k, v in zip(keys, args):
-        bound.setdefault(k, v)
+    from .grid import bind_pool_call
+
+    bound = bind_pool_call(name, args, kwargs)
     if name == "max_pool2d" and "kernel_size" in bound:
-        bound.pop("return_indices", None)
-        return nn.MaxPool2d(**bound)
+        return nn.MaxPool2d(**{k: v for k, v in bound.items() if k != "return_indices"})
     if name == "avg_pool2d" and "kernel_size" in bound:
-        bound.pop("divisor_override", None)
-        return nn.AvgPool2d(**{k: v for k, v in bound.items() if k in ("kernel_size", "stride", "padding", "ceil_mode",
-                                                                        "count_include_pad")})
+        return nn.AvgPool2d(**{k: v for k, v in bound.items() if k != "divisor_override"})
     if name.startswith("adaptive"):
         return nn.AdaptiveAvgPool2d(1)
     return None
-

@@ -29,13 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.windows import pair
+
 _SAME_CLASSES = {"Conv2dSame", "ScaledStdConv2dSame", "MaxPool2dSame", "AvgPool2dSame", "StdConv2dSame"}
-
-
-def pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        return (int(v[0]), int(v[-1]))
-    return (int(v), int(v))
 
 
 def floor_out(h: int, k: int, s: int, p: int, d: int = 1) -> int:
@@ -114,11 +110,27 @@ def rule_of(m: nn.Module) -> GridRule | None:
     return GridRule(kind, keff, s, pair(pad))  # type: ignore[arg-type]
 
 
-def rule_of_call(name: str, args: tuple, kwargs: dict) -> GridRule | None:
-    """The grid rule of a functional ``max_pool2d``/``avg_pool2d`` call from its FX arguments (input left out)."""
-    names = ["kernel_size", "stride", "padding"] + (["dilation", "ceil_mode"] if "max" in name else ["ceil_mode"])
+_CALL_ARGS = {  # positional parameters after the input, as torch.nn.functional declares them
+    "max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    "lp_pool2d": ("norm_type", "kernel_size", "stride", "ceil_mode"),
+}
+
+
+def bind_pool_call(name: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Named arguments of a functional ``max_pool2d``/``avg_pool2d``/``lp_pool2d`` call (input left out of
+    ``args``); {} for other calls (adaptive pools, spatial reductions)."""
+    names = _CALL_ARGS.get(name)
+    if names is None:
+        return {}
     bound = dict(zip(names, args))
     bound.update(kwargs)
+    return bound
+
+
+def rule_of_call(name: str, args: tuple, kwargs: dict) -> GridRule | None:
+    """The grid rule of a functional ``max_pool2d``/``avg_pool2d`` call (input left out of ``args``)."""
+    bound = bind_pool_call(name, args, kwargs)
     if "kernel_size" not in bound:
         return None
     k = pair(bound["kernel_size"])
@@ -157,21 +169,6 @@ class PadTo(nn.Module):
 
     def extra_repr(self) -> str:
         return f"rule={self.rule_kind}, kernel={self.kernel}, stride={self.stride}"
-
-
-def check_grid_identity(rule: GridRule, sizes: range) -> list[int]:
-    """Sizes where a pool after a stride-1 copy of the site does NOT reproduce the rule (for tests/diagnostics)."""
-    (w, q), bad = after_window(rule.stride), []
-    for h in sizes:
-        if rule.kind == "same":
-            hp = h
-        else:
-            hp = h + 2 * rule.padding[0] - (rule.kernel[0] - 1)
-        if hp < 1:
-            continue
-        if floor_out(hp, w[0], rule.stride[0], q[0]) != rule.out(h, h)[0]:
-            bad.append(h)
-    return bad
 
 
 def window_area(kernel: Any) -> int:

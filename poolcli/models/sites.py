@@ -22,6 +22,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import BadInputError
+from ..ops.windows import pair
+from .grid import bind_pool_call
 
 _POOL_MODULES: tuple[type, ...] = (
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d, nn.FractionalMaxPool2d,
@@ -57,11 +59,7 @@ def is_channels_last_pool(m: nn.Module) -> bool:
 
 
 def is_strided_conv(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and max(_pair(m.stride)) > 1
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else tuple(int(x) for x in v)  # type: ignore[return-value]
+    return isinstance(m, nn.Conv2d) and max(pair(m.stride)) > 1
 
 
 @dataclasses.dataclass
@@ -213,7 +211,7 @@ class _Recorder(TorchFunctionMode):
                 site.kind = "global-pool"
         elif is_strided_conv(m) and not self._inside_pool():  # a pooling operator's own side branch is not a site
             site = Site(path=path, kind="strided-conv", op="Conv2d", in_shape=_shape(x), out_shape=_shape(y),
-                        kernel=list(_pair(m.kernel_size)), stride=list(_pair(m.stride)), macs=macs)
+                        kernel=list(pair(m.kernel_size)), stride=list(pair(m.stride)), macs=macs)
         else:
             return
         self.site_by_path[path] = site
@@ -249,15 +247,11 @@ class _Recorder(TorchFunctionMode):
 
 def _call_window(name: str, args: tuple, kwargs: dict) -> tuple[list[int] | None, list[int] | None]:
     """(kernel, stride) of a functional max/avg/lp pool call; (None, None) for adaptive pools and reductions."""
-    if name not in ("max_pool2d", "avg_pool2d", "lp_pool2d"):
-        return None, None
-    offset = 2 if name == "lp_pool2d" else 1  # lp_pool2d(input, norm_type, kernel_size, stride)
-    k = args[offset] if len(args) > offset else kwargs.get("kernel_size")
-    st = args[offset + 1] if len(args) > offset + 1 else kwargs.get("stride")
+    bound = bind_pool_call(name, args[1:], kwargs)
     try:
-        kk = list(_pair(k))
-        return kk, list(_pair(st)) if st else kk
-    except (TypeError, ValueError):
+        k = list(pair(bound["kernel_size"]))
+        return k, list(pair(bound.get("stride") or k))
+    except (KeyError, TypeError, ValueError):
         return None, None
 
 
@@ -266,7 +260,7 @@ def _attr_pair(m: nn.Module, name: str) -> list[int] | None:
     if v is None:
         return None
     try:
-        return list(_pair(v))
+        return list(pair(v))
     except (TypeError, ValueError):
         return None
 
@@ -289,7 +283,7 @@ def _module_macs(m: nn.Module, x: Any, y: Any) -> int:
     if not isinstance(y, torch.Tensor):
         return 0
     if isinstance(m, nn.Conv2d):
-        kh, kw = _pair(m.kernel_size)
+        kh, kw = pair(m.kernel_size)
         return int(y[0].numel() * (m.in_channels // m.groups) * kh * kw)
     if isinstance(m, nn.Linear):
         return int(y[0].numel() * m.in_features)

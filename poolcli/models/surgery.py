@@ -25,9 +25,11 @@ from torch import nn
 from ..errors import BadInputError
 from . import fxsites
 from .grid import GridRule, PadTo, is_same_padded, pair
-from .sites import is_strided_conv
+from .sites import is_pool_module, is_strided_conv
 
 MODES = ("replace", "destride", "before", "stride1", "identity")
+# containers whose forward iterates their children: a new child would run too, so pool_before wraps them
+ITERATING_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def get_submodule(model: nn.Module, path: str) -> nn.Module:
@@ -84,7 +86,7 @@ def pool_before(block: nn.Module, op: nn.Module) -> nn.Module:
 
     Containers that iterate their children (Sequential, ModuleList, ModuleDict: timm's MixedConv2d) would
     run a new child too; they become ``Sequential(op, block)`` instead (paths inside gain a ``1.``)."""
-    if isinstance(block, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+    if isinstance(block, ITERATING_CONTAINERS):
         return nn.Sequential(op, block)
     block.add_module("poolcli_pre", op)
     block.register_forward_pre_hook(_pre_pool_hook)
@@ -140,7 +142,7 @@ def apply_record(model: nn.Module, record: dict[str, Any], op: nn.Module | None)
         new = nn.Sequential(destrided(old), op)
     elif is_strided_conv(old):  # before, on a conv site
         new = nn.Sequential(op, stride1_same(old))
-    elif any(True for _ in old.children()) or not _is_pool_like(old):  # before, on a block
+    elif any(True for _ in old.children()) or not is_pool_module(old):  # before, on a block
         new = pool_before(old, op)
         if new is old:
             return new
@@ -150,12 +152,6 @@ def apply_record(model: nn.Module, record: dict[str, Any], op: nn.Module | None)
         new = nn.Sequential(new, nn.Flatten(1))
     set_submodule(model, path, new)
     return new
-
-
-def _is_pool_like(m: nn.Module) -> bool:
-    from .sites import is_pool_module
-
-    return is_pool_module(m)
 
 
 def swapped_operators(model: nn.Module) -> list[nn.Module]:

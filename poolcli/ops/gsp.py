@@ -1,4 +1,5 @@
-"""Generalized Sum Pooling (seeds 003/004; derivation in notes/gsp.md) and the zero-shot regulariser.
+"""Generalized Sum Pooling (Gurbuz, Sener, Alatan, "Generalized Sum Pooling for Metric Learning",
+arXiv:2308.09228) and its zero-shot regulariser.
 
 Per image, features f_i = V x_i (1×1 conv, i over the n = H·W locations) are softly assigned to m
 prototypes by entropic partial optimal transport: mass μ goes to the prototypes, 1 − μ to a zero-cost

@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 
 
-def pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """(h, w) from an int or a 1- or 2-sequence (torch accepts all three for kernel/stride/padding)."""
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[-1]))
+    return (int(v), int(v))
 
 
 def out_size(h: int, w: int, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int]) -> tuple[int, int]:

@@ -99,7 +99,7 @@ def finetune(bundle: ModelBundle, cfg: FinetuneConfig,
 def _zsr(bundle: ModelBundle, pools: list[torch.nn.Module], cfg: FinetuneConfig, num_classes: int, groups: list[dict],
          device: torch.device):
     """The GSP zero-shot regulariser (seed 004): weight · ZSR(z, y) for every GSP module at a swapped site,
-    added to the cross-entropy (as the reference classification setup does, at 0.1; notes/gsp.md §7), with
+    added to the cross-entropy (as the GSP paper's reference setup does, at 0.1; arXiv:2308.09228), with
     the class embeddings trained alongside (added to ``groups``). Off by default: on the digits fixture
     it slowed fine-tuning down (README, "Fine-tuning")."""
     if cfg.zsr_weight == 0:
