@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: demo test test-slow bench fixtures clean
+.PHONY: demo test test-slow lint bench fixtures clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(BIN)/.installed
 # the slow part (model zoo: ~65 timm/torchvision architectures through convert); .ci/run runs it after `make test`
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 -m slow --durations=10
+
+# ruff: lint and formatting at line length 120 (pyproject.toml); .ci/run runs it first
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(BIN)/.installed
 	for f in benchmarks/*_bench.py; do $(BIN)/python $$f || exit 1; done

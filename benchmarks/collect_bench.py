@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """collect throughput vs forward-only throughput of the same model and data, same run.
 
-    python benchmarks/collect_bench.py [--site @down3]
+python benchmarks/collect_bench.py [--site @down3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def main() -> None:
     bundle = load_checkpoint(a.model)
     ds = open_dataset("digits:train", input_size=bundle.input_size, mean=bundle.mean, std=bundle.std)
     dev = torch.device("cpu")
-    print(f"# collect vs forward, {Path(a.model).name} on digits:train ({len(ds)} images), batch {a.batch}, {machine()}")
+    print(
+        f"# collect vs forward, {Path(a.model).name} on digits:train ({len(ds)} images), batch {a.batch}, {machine()}"
+    )
     print("| site | map C×H×W | forward img/s | collect img/s (incl. channel-scale pass) | ratio |")
     print("|---|---|---|---|---|")
     with torch.inference_mode():
@@ -43,7 +46,10 @@ def main() -> None:
         t0 = time.perf_counter()
         stats, meta = collect_stats(bundle, site, ds, device=dev, batch_size=a.batch, scale_images=256)
         col = len(ds) / (time.perf_counter() - t0)
-        print(f"| {site} ({meta['site']}) | {meta['channels']}×{meta['grid'][0]}×{meta['grid'][1]} | {fwd:.0f} | {col:.0f} | {col / fwd:.2f} |")
+        print(
+            f"| {site} ({meta['site']}) | {meta['channels']}×{meta['grid'][0]}×{meta['grid'][1]} | "
+            f"{fwd:.0f} | {col:.0f} | {col / fwd:.2f} |"
+        )
 
 
 if __name__ == "__main__":

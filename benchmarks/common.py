@@ -1,10 +1,11 @@
 """Tiny timing helpers for the benchmark scripts (not tests)."""
+
 from __future__ import annotations
 
 import platform
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -24,7 +25,9 @@ def best_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> flo
     return min(times)
 
 
-def saved_bytes(forward: Callable[[], torch.Tensor], exclude: tuple[torch.Tensor, ...] = ()) -> tuple[int, torch.Tensor]:
+def saved_bytes(
+    forward: Callable[[], torch.Tensor], exclude: tuple[torch.Tensor, ...] = ()
+) -> tuple[int, torch.Tensor]:
     """Bytes the autograd graph of ``forward()`` keeps alive for backward, counted once per storage.
 
     Storages of ``exclude`` (the inputs and parameters the caller holds anyway) are not counted, nor is

@@ -9,6 +9,7 @@ spatially smooth class means and within-class noise.
     python benchmarks/fit_bench.py --side 32          # N=1024, M=256
     python benchmarks/fit_bench.py --side 56          # N=3136, M=784
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def smooth(z: torch.Tensor, side: int, sigma: float = 1.5) -> torch.Tensor:
     """Blur columns of z [N, r] viewed as side×side images (Gaussian, σ in pixels)."""
     r = int(3 * sigma)
     t = torch.arange(-r, r + 1, dtype=z.dtype)
-    k = torch.exp(-t**2 / (2 * sigma**2))
+    k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
     img = z.t().reshape(-1, 1, side, side)
     img = F.conv2d(F.pad(img, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
@@ -48,7 +49,9 @@ def problem(side: int, classes: int = 10, channels: int = 64, noise_cols: int = 
     means = smooth(torch.randn(n, classes * channels, generator=g, dtype=torch.float64), side, 3.0) * prior
     means = means.view(n, classes, channels)
     D = (means - means.mean(1, keepdim=True)).reshape(n, -1)  # rank (Q−1)·C
-    Z = smooth(torch.randn(n, noise_cols, generator=g, dtype=torch.float64), side) * (0.5 + prior) + 0.35 * torch.randn(n, noise_cols, generator=g, dtype=torch.float64)
+    Z = smooth(torch.randn(n, noise_cols, generator=g, dtype=torch.float64), side) * (0.5 + prior) + 0.35 * torch.randn(
+        n, noise_cols, generator=g, dtype=torch.float64
+    )
     B = Z @ Z.t() / noise_cols
     s = float(torch.diagonal(B).mean())
     return D / math.sqrt(s), B / s
@@ -85,7 +88,10 @@ def main() -> None:
     m_total = pen.shape[0]
     An, Bn, Pn = A.numpy(), B.numpy(), pen.numpy()
     print(f"# fit solve, N={n} ({side}x{side}), M={m_total}, float64, pixel-unit C_m, {machine()}")
-    print("| α | paper route (per m, sampled) | paper route, all M (scaled) | LOBPCG all M | iterations | speed-up | max sin∠ top-2 vs eigh |")
+    print(
+        "| α | paper route (per m, sampled) | paper route, all M (scaled) | LOBPCG all M | iterations | speed-up "
+        "| max sin∠ top-2 vs eigh |"
+    )
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for alpha in [float(v) for v in a.alpha.split(",")]:
@@ -102,8 +108,11 @@ def main() -> None:
             G = Bn + alpha * np.diag(Pn[m])
             _, v = scipy.linalg.eigh(An, G, subset_by_index=[n - 2, n - 1])
             worst = max(worst, sin_angle(G, v, res.vectors[m].numpy()))
-        print(f"| {alpha:g} | {per_m:.3f} s | {per_m * m_total:.0f} s | {ours:.2f} s | {res.iterations} | "
-              f"{per_m * m_total / ours:.0f}x | {worst:.1e} |", flush=True)
+        print(
+            f"| {alpha:g} | {per_m:.3f} s | {per_m * m_total:.0f} s | {ours:.2f} s | {res.iterations} | "
+            f"{per_m * m_total / ours:.0f}x | {worst:.1e} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

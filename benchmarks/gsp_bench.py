@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """GSP head fwd+bwd vs 1×1 conv + GAP (same projection), same run; memory vs solver iterations.
 
-    python benchmarks/gsp_bench.py [--batch 32 --channels 512 --size 7 --m 64]
+python benchmarks/gsp_bench.py [--batch 32 --channels 512 --size 7 --m 64]
 """
+
 from __future__ import annotations
 
 import argparse

@@ -10,6 +10,7 @@ Time: best of --repeat fwd+bwd runs. Memory, two views:
   each layer in a fresh process with large blocks mmap'd (so no allocator cache hides anything): all
   temporaries, the output and the input/α gradients. Linux only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,19 @@ def _status_kib(field: str) -> int:
 
 
 def peak(a, name: str, k: int, s: int, p: int) -> int:
-    cmd = [sys.executable, __file__, "--peak-one", name, f"{k},{s},{p}",
-           "--batch", str(a.batch), "--channels", str(a.channels), "--size", str(a.size)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--peak-one",
+        name,
+        f"{k},{s},{p}",
+        "--batch",
+        str(a.batch),
+        "--channels",
+        str(a.channels),
+        "--size",
+        str(a.size),
+    ]
     # every block ≥ 64 KiB gets its own mapping, returned on free: no reuse of heap the import left behind
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     return int(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.split()[-1])
@@ -91,26 +103,36 @@ def main() -> None:
     print(f"# P-pooling fwd+bwd, {a.batch}x{a.channels}x{a.size}x{a.size} fp32, {machine()}")
     print(f"# p_pool2d implementation: {native.native_status()['ppool']}")
     held, peaks = {}, {}
-    print("| k/s/p | max_pool2d | avg_pool2d | p_pool2d (α map) | torch path | unfold P-pool | P-pool / max | unfold / P-pool |")
+    print(
+        "| k/s/p | max_pool2d | avg_pool2d | p_pool2d (α map) | torch path | unfold P-pool | P-pool / max "
+        "| unfold / P-pool |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for k, s, p in GEOMS:
         x, alpha = inputs(a, k, s, p)
         fns = layers(x, alpha, k, s, p)
 
-        def run(fn):
+        def run(fn, x=x, alpha=alpha):
             def go():
                 x.grad = alpha.grad = None
                 fn().sum().backward()
+
             return go
 
         t = {name: best_time(run(f), a.repeat) for name, f in fns.items()}
         held[(k, s, p)] = {name: saved_bytes(f, (x, alpha))[0] for name, f in fns.items()}
-        print(f"| {k}/{s}/{p} | {t['max_pool2d'] * 1e3:.1f} ms | {t['avg_pool2d'] * 1e3:.1f} ms | {t['p_pool2d'] * 1e3:.1f} ms | "
-              f"{t['torch_path'] * 1e3:.1f} ms | {t['unfold'] * 1e3:.1f} ms | {t['p_pool2d'] / t['max_pool2d']:.2f}x | "
-              f"{t['unfold'] / t['p_pool2d']:.2f}x |")
+        print(
+            f"| {k}/{s}/{p} | {t['max_pool2d'] * 1e3:.1f} ms | {t['avg_pool2d'] * 1e3:.1f} ms | "
+            f"{t['p_pool2d'] * 1e3:.1f} ms | "
+            f"{t['torch_path'] * 1e3:.1f} ms | {t['unfold'] * 1e3:.1f} ms | {t['p_pool2d'] / t['max_pool2d']:.2f}x | "
+            f"{t['unfold'] / t['p_pool2d']:.2f}x |"
+        )
         del x, alpha, fns
         peaks[(k, s, p)] = {name: peak(a, name, k, s, p) for name in NAMES}
-    for title, table in (("held for backward beyond input, α, output", held), ("peak memory growth over one fwd+bwd", peaks)):
+    for title, table in (
+        ("held for backward beyond input, α, output", held),
+        ("peak memory growth over one fwd+bwd", peaks),
+    ):
         print(f"\n{title}:\n\n| k/s/p | max_pool2d | avg_pool2d | p_pool2d | torch path | unfold P-pool |")
         print("|---|---|---|---|---|---|")
         for (k, s, p), m in table.items():

@@ -1,4 +1,5 @@
 """poolcli: find, fit, swap and evaluate pooling in pretrained CNNs."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

@@ -3,12 +3,14 @@
 Library code raises these; only the CLI layer decides how they are shown.
 Exit codes: 0 ok, 1 failure while running, 2 bad usage or bad input, 130 interrupted.
 """
+
 from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 
 
 class PoolcliError(Exception):

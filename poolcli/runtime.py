@@ -1,4 +1,5 @@
 """Device selection and seeding (shared by every command that runs a model)."""
+
 from __future__ import annotations
 
 import random

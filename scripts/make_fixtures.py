@@ -2,8 +2,9 @@
 """Train the fixture models on scikit-learn's digits and save them as poolcli checkpoints.
 
 Deterministic (fixed seeds, single-process data loading); a few minutes on 2 CPU cores.
-    python scripts/make_fixtures.py            # writes fixtures/digits-cnn.safetensors, fixtures/digits-resnet.safetensors
+    python scripts/make_fixtures.py   # writes fixtures/digits-cnn.safetensors, fixtures/digits-resnet.safetensors
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,15 +60,39 @@ def main() -> int:
         train = open_dataset("digits:train", input_size=INPUT_SIZE, mean=mean, std=std)
         loader = make_loader(train, batch_size=64, shuffle=True, seed=args.seed)
         t0 = time.perf_counter()
-        train_classifier(module, loader, epochs=epochs, lr=lr, device=torch.device("cpu"), max_shift=2, seed=args.seed,
-                         on_epoch=lambda r: print(f"{name} epoch {r['epoch']}: loss {r['loss']:.4f} "
-                                                  f"train top1 {r['train_top1']:.4f} ({r['seconds']:.1f}s)", file=sys.stderr))
+        train_classifier(
+            module,
+            loader,
+            epochs=epochs,
+            lr=lr,
+            device=torch.device("cpu"),
+            max_shift=2,
+            seed=args.seed,
+            on_epoch=lambda r, name=name: print(
+                f"{name} epoch {r['epoch']}: loss {r['loss']:.4f} "
+                f"train top1 {r['train_top1']:.4f} ({r['seconds']:.1f}s)",
+                file=sys.stderr,
+            ),
+        )
         seconds = time.perf_counter() - t0
-        bundle = ModelBundle(module=module, base={"source": "poolcli", "name": arch, "kwargs": {"num_classes": 10, "in_chans": 1, **kwargs}},
-                             input_size=INPUT_SIZE, mean=mean, std=std, classes=[str(i) for i in range(10)],
-                             extra={"trained_on": "digits:train", "epochs": epochs, "lr": lr, "optimizer": "adam",
-                                    "augment": "random shift ±2 px", "seed": args.seed, "train_seconds": round(seconds, 1),
-                                    "script": "scripts/make_fixtures.py"})
+        bundle = ModelBundle(
+            module=module,
+            base={"source": "poolcli", "name": arch, "kwargs": {"num_classes": 10, "in_chans": 1, **kwargs}},
+            input_size=INPUT_SIZE,
+            mean=mean,
+            std=std,
+            classes=[str(i) for i in range(10)],
+            extra={
+                "trained_on": "digits:train",
+                "epochs": epochs,
+                "lr": lr,
+                "optimizer": "adam",
+                "augment": "random shift ±2 px",
+                "seed": args.seed,
+                "train_seconds": round(seconds, 1),
+                "script": "scripts/make_fixtures.py",
+            },
+        )
         path = Path(args.out) / f"{name}.safetensors"
         save_checkpoint(bundle, None, path, dtype=dtype)
         # measure the stored model (after any float16 rounding), then record the figure in the file
@@ -76,8 +101,12 @@ def main() -> int:
         res = evaluate_classifier(stored.module, make_loader(test, 256), torch.device("cpu"))
         bundle.extra["test_top1"] = round(res["top1"], 4)
         save_checkpoint(bundle, None, path, dtype=dtype)
-        report[name] = {"test_top1": res["top1"], "test_loss": res["loss"], "train_seconds": seconds,
-                        "bytes": path.stat().st_size}
+        report[name] = {
+            "test_top1": res["top1"],
+            "test_loss": res["loss"],
+            "train_seconds": seconds,
+            "bytes": path.stat().st_size,
+        }
         print(json.dumps({name: report[name]}), file=sys.stderr)
     print(json.dumps(report, indent=2))
     return 0

@@ -32,5 +32,12 @@ def cli(capsys):
 
 def run_subprocess(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "poolcli", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, input=stdin, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "poolcli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        timeout=300,
+    )

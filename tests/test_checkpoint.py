@@ -1,4 +1,5 @@
 """Checkpoint format: bit-exact round trip, atomic writes, safe loading, clear errors."""
+
 from __future__ import annotations
 
 import pickle
@@ -39,15 +40,22 @@ def test_fixture_manifest_and_accuracy_recorded():
     assert meta["extra"]["test_top1"] > 0.95 and CNN.stat().st_size < 5e6
 
 
-def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
-    import poolcli.io.tensorfile as tf
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    import errno
 
-    def boom(*a, **k):
-        raise RuntimeError("disk full")
+    from poolcli.errors import RunError
+    from poolcli.io.tensorfile import write_tensors
 
-    monkeypatch.setattr(tf, "save_file", boom)
+    def boom(tmp):
+        raise RuntimeError("verification failed")
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     with pytest.raises(RuntimeError):
-        save_checkpoint(build_model("poolcli:convnet4"), None, tmp_path / "x.safetensors")
+        write_tensors(tmp_path / "x.safetensors", {"a": torch.ones(2)}, {}, verify=boom)
+    with pytest.raises(RunError, match="no space left"):
+        write_tensors(tmp_path / "x.safetensors", {"a": torch.ones(2)}, {}, verify=full)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,4 +1,5 @@
 """CLI contract: JSON only on stdout, one-line errors, exit codes, --debug tracebacks."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def test_evaluate_fixtures_json(cli):
 
 
 def test_evaluate_class_subset_and_limit(cli):
-    code, out, _ = cli("evaluate", CNN, "--data", "digits:test", "--classes", "0-4", "--limit", "50", "--json", "-b", "16")
+    code, out, _ = cli(
+        "evaluate", CNN, "--data", "digits:test", "--classes", "0-4", "--limit", "50", "--json", "-b", "16"
+    )
     assert code == 0 and json.loads(out)["results"][0]["n"] == 50
 
 
@@ -90,3 +93,19 @@ def test_version_names_the_kernel_path(cli):
 def test_help_and_module_entry():
     proc = run_subprocess("--help")
     assert proc.returncode == 0 and "inspect" in proc.stdout and "evaluate" in proc.stdout
+
+
+def test_no_command_shows_help_without_an_empty_error(cli):
+    code, out, err = cli()
+    assert code == 2 and "Usage" in out + err and "error" not in err
+
+
+def test_interrupt_line_is_an_error_line(cli, monkeypatch):
+    import poolcli.cli.evaluate_cmd as ev
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "evaluate_models", interrupted)
+    code, _, err = cli("evaluate", CNN)
+    assert code == 130 and err.strip().splitlines() == [err.strip()] and err.startswith("error: interrupted")

@@ -1,4 +1,5 @@
 """collect / stats merge / fit-pooling end to end on the fixture CNN."""
+
 from __future__ import annotations
 
 import json
@@ -71,17 +72,31 @@ def test_resume_after_kill_gives_identical_statistics(tmp_path):
 def test_fit_pooling_end_to_end(tmp_path, cli):
     stats = tmp_path / "stats.safetensors"
     assert cli("collect", CNN, *COMMON, "-o", stats)[0] == 0
-    code, out, err = cli("fit-pooling", "--stats", stats, "--alpha", "1", "-o", tmp_path / "pool.safetensors",
-                         "--plot", tmp_path / "maps.png", "--json")
+    code, out, err = cli(
+        "fit-pooling",
+        "--stats",
+        stats,
+        "--alpha",
+        "1",
+        "-o",
+        tmp_path / "pool.safetensors",
+        "--plot",
+        tmp_path / "maps.png",
+        "--json",
+    )
     assert code == 0, err
     doc = json.loads(out)
     fit = doc["fits"][0]
-    assert fit["out_grid"] == [4, 4] and fit["separability_gain"] > 1.0 and (tmp_path / "maps.png").stat().st_size > 1000
+    assert (
+        fit["out_grid"] == [4, 4] and fit["separability_gain"] > 1.0 and (tmp_path / "maps.png").stat().st_size > 1000
+    )
     pool, meta = load_pooling_module(tmp_path / "pool.safetensors")
     y = pool(torch.rand(2, 256, 8, 8))
     assert y.shape == (2, 512, 4, 4)  # k=2 doubles the channels like the stride-2 conv it can replace
     code, out2, _ = cli("fit-pooling", CNN, *COMMON, "--alpha", "1", "--json")  # collect + fit in one step
-    assert code == 0 and json.loads(out2)["fits"][0]["separability_mean"] == pytest.approx(fit["separability_mean"], rel=1e-9)
+    assert code == 0 and json.loads(out2)["fits"][0]["separability_mean"] == pytest.approx(
+        fit["separability_mean"], rel=1e-9
+    )
 
 
 def test_fit_errors(tmp_path, cli):
@@ -97,15 +112,36 @@ def test_fit_errors(tmp_path, cli):
     assert code == 2 and "strided conv" in err and not (tmp_path / "x.safetensors").exists()
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-                    reason="torchrun not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+    reason="torchrun not installed",
+)
 def test_torchrun_two_ranks_equal_one_run(tmp_path, cli):
     single = tmp_path / "one.safetensors"
     assert cli("collect", CNN, *COMMON, "-o", single)[0] == 0
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     out = tmp_path / "ddp.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
-    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "poolcli", "collect", str(CNN), *COMMON,
-                           "-o", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            "-m",
+            "poolcli",
+            "collect",
+            str(CNN),
+            *COMMON,
+            "-o",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     _same(single, out)

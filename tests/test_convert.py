@@ -1,4 +1,5 @@
 """convert: swaps at pool and strided-conv sites, shape checks, checkpoints that rebuild the same model."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ import json
 import pytest
 import torch
 
-from .conftest import CNN, RESNET
 from poolcli.errors import BadInputError
 from poolcli.io.poolfile import write_pooling
 from poolcli.models.checkpoint import load_checkpoint, save_checkpoint
@@ -15,12 +15,17 @@ from poolcli.models.spec import build_model
 from poolcli.ops.learned import LearnedLinearPool
 from poolcli.ops.ppool import PPool2d
 
+from .conftest import CNN, RESNET
+
 
 def _pool_file(path, k=2, site="stage3.0", at="input", grid=(8, 8), channels=256):
     avg = LearnedLinearPool.average(channels, grid, 2, 2)
     P = avg.P.repeat(k, 1, 1) * torch.linspace(0.5, 1.5, k)[:, None, None]
-    write_pooling(path, {"P": P, "channel_mean": torch.zeros(channels), "channel_scale": torch.ones(channels)},
-                  {"site": site, "at": at, "in_grid": list(grid), "out_grid": [grid[0] // 2, grid[1] // 2]})
+    write_pooling(
+        path,
+        {"P": P, "channel_mean": torch.zeros(channels), "channel_scale": torch.ones(channels)},
+        {"site": site, "at": at, "in_grid": list(grid), "out_grid": [grid[0] // 2, grid[1] // 2]},
+    )
     return path
 
 
@@ -32,7 +37,13 @@ def test_learned_replaces_strided_conv_and_round_trips(tmp_path):
     bundle = build_model(str(CNN))
     new, results = convert(bundle, [("@down3", f"learned:{_pool_file(tmp_path / 'p.safetensors')}")])
     (r,) = results
-    assert (r.site, r.mode, r.old, r.new, r.shape) == ("stage3.0", "replace", "Conv2d", "LearnedLinearPool", [512, 4, 4])
+    assert (r.site, r.mode, r.old, r.new, r.shape) == (
+        "stage3.0",
+        "replace",
+        "Conv2d",
+        "LearnedLinearPool",
+        [512, 4, 4],
+    )
     assert isinstance(bundle.module.get_submodule("stage3.0"), torch.nn.Conv2d)  # the input bundle is untouched
     assert new.swaps[-1]["params"]["k"] == 2 and new.swaps[-1]["source"] == "p.safetensors"
     save_checkpoint(new, None, tmp_path / "out.safetensors")
@@ -54,7 +65,9 @@ def test_learned_fitted_destrided_follows_the_stride_1_conv(tmp_path):
         assert torch.equal(load_checkpoint(tmp_path / "out.safetensors").module(x), new.module.eval()(x))
 
 
-@pytest.mark.parametrize("spec,cls", [("ppool", PPool2d), ("max", torch.nn.MaxPool2d), ("blur", None), ("lp:p=3", None)])
+@pytest.mark.parametrize(
+    "spec,cls", [("ppool", PPool2d), ("max", torch.nn.MaxPool2d), ("blur", None), ("lp:p=3", None)]
+)
 def test_other_operators_destride_a_strided_conv(tmp_path, spec, cls):
     bundle = build_model(str(CNN))
     new, (r,) = convert(bundle, [("@down1", spec)])

@@ -1,5 +1,6 @@
 """convert on real architectures: stage swaps and both recipes, grid-keeping windows (proved over many
 sizes), functional sites via torch.fx, in-place consumers, module versions, no silent no-ops."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,8 +36,23 @@ def _reload_equal(new, tmp_path):
 
 
 # -- grid arithmetic, against PyTorch itself at every size --------------------------------------------------
-@pytest.mark.parametrize("k,s,p,d", [(3, 2, 1, 1), (1, 2, 0, 1), (7, 2, 3, 1), (3, 2, 0, 1), (2, 2, 0, 1), (4, 4, 0, 1),
-                                     (5, 2, 2, 1), (3, 2, 2, 2), (11, 4, 2, 1), (16, 16, 0, 1), (3, 3, 0, 1), (4, 2, 1, 1)])
+@pytest.mark.parametrize(
+    "k,s,p,d",
+    [
+        (3, 2, 1, 1),
+        (1, 2, 0, 1),
+        (7, 2, 3, 1),
+        (3, 2, 0, 1),
+        (2, 2, 0, 1),
+        (4, 4, 0, 1),
+        (5, 2, 2, 1),
+        (3, 2, 2, 2),
+        (11, 4, 2, 1),
+        (16, 16, 0, 1),
+        (3, 3, 0, 1),
+        (4, 2, 1, 1),
+    ],
+)
 def test_pool_after_a_stride1_conv_keeps_the_grid_at_every_size(k, s, p, d):
     conv = nn.Conv2d(1, 1, k, s, p, dilation=d)
     rule = rule_of(conv)
@@ -99,8 +115,11 @@ def test_stage_swap_rewrites_every_strided_site_of_a_regnet_stage(tmp_path):
         assert pool.kernel_size == (3, 3) and pool.stride == (2, 2)  # never a 1×1 window
     grid = next(s for s in report.sites if s.path == stage[0])
     after = discover_sites(new.module, bundle.input_size)
-    assert not [s for s in after.sites if s.kind == "strided-conv" and s.in_shape[1:] == grid.in_shape[1:]
-                and list(s.out_hw) == list(grid.out_hw)]
+    assert not [
+        s
+        for s in after.sites
+        if s.kind == "strided-conv" and s.in_shape[1:] == grid.in_shape[1:] and list(s.out_hw) == list(grid.out_hw)
+    ]
     _reload_equal(new, tmp_path)
 
 
@@ -133,8 +152,12 @@ def test_site_wildcards_and_ranges():
 
 
 def test_patchify_and_unpadded_and_ceil_mode_sites_are_accepted(tmp_path):
-    for spec, swap in (("timm:convnext_atto", "@down1=ppool"), ("tv:alexnet", "@down1=blur"),
-                       ("tv:googlenet", "@down2=ppool"), ("tv:squeezenet1_0", "@down2=softpool")):
+    for spec, swap in (
+        ("timm:convnext_atto", "@down1=ppool"),
+        ("tv:alexnet", "@down1=blur"),
+        ("tv:googlenet", "@down2=ppool"),
+        ("tv:squeezenet1_0", "@down2=softpool"),
+    ):
         bundle = build_model(spec, input_size="3x67x67", num_classes=10)
         new, results = convert(bundle, [tuple(swap.split("="))])
         assert results
@@ -170,8 +193,11 @@ def test_learned_pooling_replaces_the_conv_and_pools_the_shortcut_with_its_top_m
     avg = LearnedLinearPool.average(64, (8, 8), 2, 2)
     P = torch.cat([avg.P, avg.P * 0.5])
     f = tmp_path / "p.safetensors"
-    write_pooling(f, {"P": P, "channel_mean": torch.zeros(64), "channel_scale": torch.ones(64)},
-                  {"site": site.path, "at": "input", "in_grid": [8, 8], "out_grid": [4, 4]})
+    write_pooling(
+        f,
+        {"P": P, "channel_mean": torch.zeros(64), "channel_scale": torch.ones(64)},
+        {"site": site.path, "at": "input", "in_grid": [8, 8], "out_grid": [4, 4]},
+    )
     new, results = convert(bundle, [("@down3", f"learned:{f}")], report=report)
     modes = {r.site: r.mode for r in results}
     assert modes == {"layer2.0.conv1": "replace", "layer2.0.downsample.0": "before"}
@@ -242,12 +268,15 @@ def test_gsp_is_reported_as_gap_until_initialised_and_init_data_sets_it(tmp_path
     out = tmp_path / "g.safetensors"
     code, _, err = cli("convert", CNN, "--swap", "@global=gsp:m=8", "-o", out)
     assert code == 0 and "global average pooling until" in err
-    code, _, err = cli("convert", CNN, "--swap", "@global=gsp:m=8", "--init-data", "digits:train", "--init-images", "64",
-                       "-o", out)
+    code, _, err = cli(
+        "convert", CNN, "--swap", "@global=gsp:m=8", "--init-data", "digits:train", "--init-images", "64", "-o", out
+    )
     assert code == 0 and "initialised from 64 images" in err, err
     gsp = load_checkpoint(out).module.global_pool
     assert bool(gsp.initialized) and torch.isfinite(gsp.prototypes).all()
-    code, _, err = cli("convert", CNN, "--swap", "@global=gem", "--init-data", "digits:train", "-o", tmp_path / "n.safetensors")
+    code, _, err = cli(
+        "convert", CNN, "--swap", "@global=gem", "--init-data", "digits:train", "-o", tmp_path / "n.safetensors"
+    )
     assert code == 2 and "no gsp operator" in err and not (tmp_path / "n.safetensors").exists()
 
 
@@ -268,6 +297,7 @@ def test_convert_refuses_to_report_success_for_a_file_it_cannot_reload(tmp_path,
 
     def broken(path):
         raise BadInputError("simulated")
+
     monkeypatch.setattr(checkpoint, "load_checkpoint", broken)
     code, _, err = cli("convert", "tv:resnet18", "--input-size", "3x32x32", "--swap", "@down2=avg", "-o", out)
     assert code == 1 and "does not reload" in err and out.read_bytes() == b"previous"

@@ -1,4 +1,5 @@
 """Dataset specs: digits and tiny files in every on-disk format."""
+
 from __future__ import annotations
 
 import pickle
@@ -118,8 +119,10 @@ def test_image_folder(tmp_path):
 def test_tensors_file(tmp_path):
     from safetensors.torch import save_file
 
-    save_file({"images": torch.randint(0, 255, (6, 1, 8, 8), dtype=torch.uint8), "labels": torch.arange(6) % 3},
-              str(tmp_path / "d.safetensors"))
+    save_file(
+        {"images": torch.randint(0, 255, (6, 1, 8, 8), dtype=torch.uint8), "labels": torch.arange(6) % 3},
+        str(tmp_path / "d.safetensors"),
+    )
     ds = open_dataset(f"tensors:{tmp_path / 'd.safetensors'}", **SIZE, classes="1")
     assert ds.labels.tolist() == [1, 1] and ds[0][0].shape == (3, 16, 16)
     save_file({"x": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))

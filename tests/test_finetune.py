@@ -1,4 +1,5 @@
 """finetune: trains what it should, records itself in the manifest, is reproducible, fails cleanly."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def test_only_pools_leaves_the_rest_alone():
     assert torch.equal(after.module.get_submodule("stage2.0").weight, conv_w)
     assert float(after.module.get_submodule("global_pool").p.detach()) != p0
     # only the new operators train: the stride-1 conv that P-pooling follows at stage1.0 is not "the pooling"
-    assert doc["trainable_params"] == sum(p.numel() for path in ("stage1.0.1", "global_pool")
-                                          for p in after.module.get_submodule(path).parameters())
+    assert doc["trainable_params"] == sum(
+        p.numel() for path in ("stage1.0.1", "global_pool") for p in after.module.get_submodule(path).parameters()
+    )
     assert torch.equal(after.module.get_submodule("stage1.0.0").weight, before_conv1)
 
 
@@ -69,8 +71,23 @@ def test_finetune_errors():
 def test_cli_convert_finetune_evaluate(tmp_path, cli):
     conv, ft = tmp_path / "conv.safetensors", tmp_path / "ft.safetensors"
     assert cli("convert", CNN, "--swap", "@global=gem", "-o", conv)[0] == 0
-    code, out, err = cli("finetune", conv, "--limit", "96", "--epochs", "2", "--batch-size", "32", "--val", "digits:test",
-                         "--shift", "1", "-o", ft, "--json")
+    code, out, err = cli(
+        "finetune",
+        conv,
+        "--limit",
+        "96",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--val",
+        "digits:test",
+        "--shift",
+        "1",
+        "-o",
+        ft,
+        "--json",
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert [h["epoch"] for h in doc["history"]] == [1, 2] and "epoch 2/2" in err
@@ -85,7 +102,9 @@ def test_zsr_regulariser_for_gsp_sites():
     gsp.init_prototypes(torch.randn(64, 512))  # skip the GAP warm-up so that z is informative at once
     plain, doc0 = finetune(convert(build_model(str(CNN)), [("@global", "gsp:m=8")])[0], FinetuneConfig(**SMALL))
     _, doc = finetune(bundle, FinetuneConfig(**SMALL, zsr_weight=0.1))
-    assert doc["zsr_weight"] == 0.1 and doc["trainable_params"] == doc0["trainable_params"] + 10 * 512  # + class embeddings
+    assert (
+        doc["zsr_weight"] == 0.1 and doc["trainable_params"] == doc0["trainable_params"] + 10 * 512
+    )  # + class embeddings
     assert doc["final"]["loss"] > doc0["final"]["loss"]  # the regulariser's term is in the loss
     assert gsp.attributes is None and not gsp.keep_attributes  # nothing kept after training
     with pytest.raises(BadInputError, match="needs a GSP"):

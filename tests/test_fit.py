@@ -1,4 +1,5 @@
 """Scatter statistics and the generalized eigen solvers against independent float64 references."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,11 @@ def direct_scatter(x, labels, scale):
     means = torch.stack([X[labels == q].mean(0) for q in classes])
     centre = means.mean(0)
     A = sum((m - centre) @ (m - centre).t() for m in means)
-    B = sum(sum((X[k] - means[i]) @ (X[k] - means[i]).t() for k in (labels == q).nonzero().flatten()) / int((labels == q).sum())
-            for i, q in enumerate(classes))
+    B = sum(
+        sum((X[k] - means[i]) @ (X[k] - means[i]).t() for k in (labels == q).nonzero().flatten())
+        / int((labels == q).sum())
+        for i, q in enumerate(classes)
+    )
     return A, B
 
 
@@ -56,7 +60,9 @@ def test_shards_merge_to_one_run():
     b = _stream(x, labels, [torch.arange(1, 60, 2)], scale)
     merged = a.merge(b)
     assert torch.equal(merged.counts, whole.counts)
-    assert torch.allclose(merged.gram, whole.gram, rtol=1e-14) and torch.allclose(merged.class_sums, whole.class_sums, rtol=1e-14)
+    assert torch.allclose(merged.gram, whole.gram, rtol=1e-14) and torch.allclose(
+        merged.class_sums, whole.class_sums, rtol=1e-14
+    )
     with pytest.raises(ValueError, match="incomplete"):
         a.scatter()
 
@@ -88,7 +94,7 @@ def test_eigenvectors_match_scipy_and_beat_random(alpha, solver):
         assert abs(float(res.values[m, 0]) - w[-1]) <= 1e-9 * abs(w[-1])
         rq = float(quadratic(A, p[None]) / quadratic(G, p[None]))
         assert rq >= float((quadratic(A, rand) / quadratic(G, rand)).max())
-        assert rq >= float(quadratic(A, avg[m:m + 1]) / quadratic(G, avg[m:m + 1]))
+        assert rq >= float(quadratic(A, avg[m : m + 1]) / quadratic(G, avg[m : m + 1]))
 
 
 def test_fit_pooling_normalisation_sign_and_report():

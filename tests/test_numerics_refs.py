@@ -1,4 +1,5 @@
 """Numerical defects found by independent float64 references: each held to a reference here."""
+
 from __future__ import annotations
 
 import itertools
@@ -20,8 +21,8 @@ def _ppool_reference(x: torch.Tensor, alpha: float, k: int, s: int) -> torch.Ten
     ho, wo = (h - k) // s + 1, (w - k) // s + 1
     out = torch.zeros(b, c, ho, wo, dtype=torch.float64)
     for bi, ci, i, j in itertools.product(range(b), range(c), range(ho), range(wo)):
-        win = [float(v) for v in x[bi, ci, i * s:i * s + k, j * s:j * s + k].flatten()]
-        den = sum(v ** alpha for v in win)
+        win = [float(v) for v in x[bi, ci, i * s : i * s + k, j * s : j * s + k].flatten()]
+        den = sum(v**alpha for v in win)
         out[bi, ci, i, j] = sum(v ** (alpha + 1) for v in win) / den if den > 0 else 0.0
     return out
 

@@ -1,4 +1,5 @@
 """GSP: transport plan vs an independent float64 fixed-point solver, marginals, limits, gradients, ZSR."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,9 @@ from poolcli.ops.gsp import GSP, ZSRLoss, greedy_k_center, gsp_pool, transport_c
 
 def _inputs(b=3, d=5, h=4, w=3, m=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, d, h, w, generator=g, dtype=torch.float64), torch.randn(m, d, generator=g, dtype=torch.float64)
+    return torch.randn(b, d, h, w, generator=g, dtype=torch.float64), torch.randn(
+        m, d, generator=g, dtype=torch.float64
+    )
 
 
 def fixed_point_plan(cost: torch.Tensor, mu: float, gamma: float, iters: int = 20000):
@@ -49,7 +52,9 @@ def test_plan_matches_independent_solver_and_marginals(mu, gamma):
 def test_mu_one_is_gap_exactly():
     f, protos = _inputs()
     g, _, _ = gsp_pool(f, protos, 1.0, 5.0)
-    assert torch.equal(g, torch.einsum("bn,bnd->bd", torch.full((3, 12), 1 / 12, dtype=torch.float64), f.flatten(2).transpose(1, 2)))
+    assert torch.equal(
+        g, torch.einsum("bn,bnd->bd", torch.full((3, 12), 1 / 12, dtype=torch.float64), f.flatten(2).transpose(1, 2))
+    )
     assert torch.allclose(g, f.mean((2, 3)), atol=1e-15)
     layer = GSP(5, mu=1.0).double()
     layer.initialized.fill_(True)
@@ -135,14 +140,24 @@ from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=30, deadline=None)
-@given(b=st.integers(1, 3), h=st.integers(1, 6), w=st.integers(1, 6), m=st.integers(1, 5), mu=st.sampled_from([0.05, 0.3, 0.9, 1.0]),
-       gamma=st.sampled_from([0.01, 5.0, 50.0, 500.0]), scale=st.sampled_from([0.0, 1e-3, 1.0, 1e4]),
-       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 3),
+    h=st.integers(1, 6),
+    w=st.integers(1, 6),
+    m=st.integers(1, 5),
+    mu=st.sampled_from([0.05, 0.3, 0.9, 1.0]),
+    gamma=st.sampled_from([0.01, 5.0, 50.0, 500.0]),
+    scale=st.sampled_from([0.0, 1e-3, 1.0, 1e4]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
 def test_gsp_finite_everywhere(b, h, w, m, mu, gamma, scale, dtype, seed):
     g = torch.Generator().manual_seed(seed)  # data drawn from the example: failures replay
     f = (torch.randn(b, 3, h, w, generator=g) * scale).to(dtype).requires_grad_()
     protos = torch.randn(m, 3, generator=g).to(dtype).requires_grad_()
     g, z, t = gsp_pool(f, protos, mu, gamma)
-    assert g.shape == (b, 3) and z.shape == (b, m) and torch.isfinite(g.float()).all() and torch.isfinite(z.float()).all()
+    assert (
+        g.shape == (b, 3) and z.shape == (b, m) and torch.isfinite(g.float()).all() and torch.isfinite(z.float()).all()
+    )
     (g.float().sum() + z.float().sum()).backward()
     assert torch.isfinite(f.grad.float()).all() and torch.isfinite(protos.grad.float()).all()

@@ -4,6 +4,7 @@ Every property is checked on both implementations: the fused C kernel ("native",
 loop ("torch", the path CUDA and compiler-less machines take); test_ops_ppool_native.py holds them to
 each other on random inputs and covers the kernel's build and fallback.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,7 +81,9 @@ def test_shift_matches_paper_formula_for_negative_maps(impl):
     expect = p_pool2d_unfold(x - xmin, 3.0, 2) + xmin
     assert torch.allclose(p_pool2d(x, 3.0, 2, impl=impl), expect)
     pos = x.abs()
-    assert torch.equal(p_pool2d(pos, 3.0, 2, impl=impl), p_pool2d(pos, 3.0, 2, negative="clamp", impl=impl))  # no shift when ≥ 0
+    assert torch.equal(
+        p_pool2d(pos, 3.0, 2, impl=impl), p_pool2d(pos, 3.0, 2, negative="clamp", impl=impl)
+    )  # no shift when ≥ 0
 
 
 def test_side_branch_module_starts_near_max_and_trains():
@@ -95,10 +98,19 @@ def test_side_branch_module_starts_near_max_and_trains():
 
 
 @settings(max_examples=40, deadline=None)
-@given(b=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(2, 9), w=st.integers(2, 9),
-       k=st.integers(1, 3), s=st.integers(1, 3), alpha=st.sampled_from([0.0, 0.5, 3.0, 100.0, 1000.0]),
-       scale=st.sampled_from([0.0, 1e-30, 1.0, 1e4, 6e4]), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
-       impl=st.sampled_from(IMPLS), seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 2),
+    c=st.integers(1, 3),
+    h=st.integers(2, 9),
+    w=st.integers(2, 9),
+    k=st.integers(1, 3),
+    s=st.integers(1, 3),
+    alpha=st.sampled_from([0.0, 0.5, 3.0, 100.0, 1000.0]),
+    scale=st.sampled_from([0.0, 1e-30, 1.0, 1e4, 6e4]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    impl=st.sampled_from(IMPLS),
+    seed=st.integers(0, 2**16),
+)
 def test_finite_for_extreme_values(b, c, h, w, k, s, alpha, scale, dtype, impl, seed):
     k = min(k, h, w)
     x = (_x(b, c, h, w, dtype=torch.float32, seed=seed) * scale).to(dtype).requires_grad_()

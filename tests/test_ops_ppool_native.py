@@ -1,4 +1,5 @@
 """The fused C kernel for P-pooling: equal to the torch implementation, built, cached and fallen back from."""
+
 from __future__ import annotations
 
 import shutil
@@ -30,12 +31,25 @@ def test_kernel_builds_where_a_compiler_exists():
 
 
 @settings(max_examples=60, deadline=None)
-@given(b=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 12),
-       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
-       ph=st.integers(0, 2), pw=st.integers(0, 2), negative=st.sampled_from(["shift", "clamp"]),
-       alpha_shape=st.sampled_from(["full", "scalar", "channel", "row"]),
-       dtype=st.sampled_from([torch.float64, torch.float32]), seed=st.integers(0, 2**16))
-def test_native_equals_torch_values_and_gradients(b, c, h, w, kh, kw, sh, sw, ph, pw, negative, alpha_shape, dtype, seed):
+@given(
+    b=st.integers(1, 2),
+    c=st.integers(1, 3),
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    kh=st.integers(1, 4),
+    kw=st.integers(1, 4),
+    sh=st.integers(1, 3),
+    sw=st.integers(1, 3),
+    ph=st.integers(0, 2),
+    pw=st.integers(0, 2),
+    negative=st.sampled_from(["shift", "clamp"]),
+    alpha_shape=st.sampled_from(["full", "scalar", "channel", "row"]),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    seed=st.integers(0, 2**16),
+)
+def test_native_equals_torch_values_and_gradients(
+    b, c, h, w, kh, kw, sh, sw, ph, pw, negative, alpha_shape, dtype, seed
+):
     kh, kw = min(kh, h + 2 * ph), min(kw, w + 2 * pw)
     ph, pw = min(ph, kh // 2), min(pw, kw // 2)  # torch's rule: padding at most half the window
     g = torch.Generator().manual_seed(seed)
@@ -79,8 +93,9 @@ def test_multithreaded_split_equals_single_thread():
 def test_non_contiguous_input_and_alpha():
     x = torch.rand(2, 9, 9, 4).permute(0, 3, 1, 2)  # channels-last view
     alpha = (torch.rand(2, 4, 4, 4) * 3).transpose(2, 3)
-    assert torch.allclose(p_pool2d(x, alpha, 3, 2, 0, impl="native"), p_pool2d(x, alpha, 3, 2, 0, impl="torch"),
-                          rtol=1e-5, atol=1e-6)
+    assert torch.allclose(
+        p_pool2d(x, alpha, 3, 2, 0, impl="native"), p_pool2d(x, alpha, 3, 2, 0, impl="torch"), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """Site discovery on the model families the README promises, and on the fixtures."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,12 @@ CASES = {
     "tv:resnet50": ("avgpool", 5, ["conv1", "maxpool", "layer2.0.conv2"], False),
     "tv:vgg16_bn": (None, 5, ["features.6", "features.13"], False),
     "tv:mobilenet_v2": ("<model>::adaptive_avg_pool2d", 5, ["features.0.0", "features.2.conv.1.0"], False),
-    "tv:densenet121": ("<model>::adaptive_avg_pool2d", 5, ["features.conv0", "features.pool0", "features.transition1.pool"], False),
+    "tv:densenet121": (
+        "<model>::adaptive_avg_pool2d",
+        5,
+        ["features.conv0", "features.pool0", "features.transition1.pool"],
+        False,
+    ),
     "tv:googlenet": ("avgpool", 5, ["conv1.conv", "maxpool1", "maxpool2"], False),
     "timm:resnet18": ("global_pool", 5, ["conv1", "maxpool", "layer2.0.conv1"], False),
     "timm:efficientnet_b0": ("global_pool", 5, ["conv_stem", "blocks.1.0.conv_dw"], True),
@@ -84,6 +90,8 @@ def test_unused_pool_is_reported():
 def test_head_pool_stays_global_at_small_inputs():
     """At 32×32 a ResNet's last stage already ends at 1×1: the strided conv that gets there is a
     downsample stage, and the head pool (1×1 → 1×1) is still @global."""
-    small, large = (discover_sites(b.module, b.input_size)
-                    for b in (build_model("timm:resnet18", input_size=size) for size in ("3x32x32", "3x64x64")))
+    small, large = (
+        discover_sites(b.module, b.input_size)
+        for b in (build_model("timm:resnet18", input_size=size) for size in ("3x32x32", "3x64x64"))
+    )
     assert small.aliases() == large.aliases() and small.aliases()["@global"] == "global_pool"

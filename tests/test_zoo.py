@@ -4,6 +4,7 @@ architectures at small inputs (random weights). Slow: runs in .ci/run, not in `m
 A swap either converts — the file reloads strictly to the same outputs and trains (forward + backward) — or
 is refused with exit 2 for one of the documented reasons (README, "What convert refuses").
 """
+
 from __future__ import annotations
 
 import pytest
@@ -19,37 +20,95 @@ pytestmark = pytest.mark.slow
 
 # (spec, input size): CNN families, hybrids and transformers
 ZOO = [
-    ("tv:resnet18", 64), ("tv:resnet50", 64), ("tv:resnext50_32x4d", 64), ("tv:wide_resnet50_2", 64),
-    ("tv:regnet_x_400mf", 64), ("tv:regnet_y_400mf", 64), ("tv:convnext_tiny", 64), ("tv:efficientnet_b0", 64),
-    ("tv:efficientnet_v2_s", 64), ("tv:mobilenet_v2", 64), ("tv:mobilenet_v3_small", 64), ("tv:mnasnet0_5", 64),
-    ("tv:densenet121", 64), ("tv:vgg11", 64), ("tv:vgg11_bn", 64), ("tv:alexnet", 96), ("tv:squeezenet1_0", 96),
-    ("tv:squeezenet1_1", 64), ("tv:shufflenet_v2_x0_5", 64), ("tv:googlenet", 64), ("tv:inception_v3", 139),
-    ("tv:swin_t", 64), ("tv:vit_b_16", 64),
-    ("timm:resnet18", 64), ("timm:resnet50d", 64), ("timm:resnext26ts", 64), ("timm:regnetx_002", 64),
-    ("timm:regnety_002", 64), ("timm:convnext_atto", 64), ("timm:convnextv2_atto", 64), ("timm:efficientnet_b0", 64),
-    ("timm:tf_efficientnet_b0", 64), ("timm:mobilenetv3_small_050", 64), ("timm:mobilenetv4_conv_small", 64),
-    ("timm:densenet121", 64), ("timm:vgg11", 64), ("timm:inception_v3", 139), ("timm:repvgg_a0", 64),
-    ("timm:mobileone_s0", 64), ("timm:fastvit_t8", 64), ("timm:dpn48b", 64), ("timm:ese_vovnet19b_dw", 64),
-    ("timm:hrnet_w18_small", 64), ("timm:cspresnet50", 64), ("timm:darknet17", 64), ("timm:edgenext_xx_small", 64),
-    ("timm:nfnet_l0", 64), ("timm:dla34", 64), ("timm:res2net50_26w_4s", 64), ("timm:mixnet_s", 64),
-    ("timm:ghostnet_100", 64), ("timm:rexnet_100", 64), ("timm:poolformer_s12", 64), ("timm:xception41", 64),
-    ("timm:gernet_s", 64), ("timm:cs3darknet_s", 64), ("timm:mobilevit_xxs", 64), ("timm:efficientvit_b0", 64),
-    ("timm:coatnet_nano_rw_224", 64), ("timm:levit_128s", 64), ("timm:swin_tiny_patch4_window7_224", 64),
-    ("timm:vit_tiny_patch16_224", 64), ("timm:deit_tiny_patch16_224", 64), ("timm:lcnet_050", 64),
-    ("timm:hgnetv2_b0", 64), ("timm:skresnet18", 64), ("timm:selecsls42b", 128),
+    ("tv:resnet18", 64),
+    ("tv:resnet50", 64),
+    ("tv:resnext50_32x4d", 64),
+    ("tv:wide_resnet50_2", 64),
+    ("tv:regnet_x_400mf", 64),
+    ("tv:regnet_y_400mf", 64),
+    ("tv:convnext_tiny", 64),
+    ("tv:efficientnet_b0", 64),
+    ("tv:efficientnet_v2_s", 64),
+    ("tv:mobilenet_v2", 64),
+    ("tv:mobilenet_v3_small", 64),
+    ("tv:mnasnet0_5", 64),
+    ("tv:densenet121", 64),
+    ("tv:vgg11", 64),
+    ("tv:vgg11_bn", 64),
+    ("tv:alexnet", 96),
+    ("tv:squeezenet1_0", 96),
+    ("tv:squeezenet1_1", 64),
+    ("tv:shufflenet_v2_x0_5", 64),
+    ("tv:googlenet", 64),
+    ("tv:inception_v3", 139),
+    ("tv:swin_t", 64),
+    ("tv:vit_b_16", 64),
+    ("timm:resnet18", 64),
+    ("timm:resnet50d", 64),
+    ("timm:resnext26ts", 64),
+    ("timm:regnetx_002", 64),
+    ("timm:regnety_002", 64),
+    ("timm:convnext_atto", 64),
+    ("timm:convnextv2_atto", 64),
+    ("timm:efficientnet_b0", 64),
+    ("timm:tf_efficientnet_b0", 64),
+    ("timm:mobilenetv3_small_050", 64),
+    ("timm:mobilenetv4_conv_small", 64),
+    ("timm:densenet121", 64),
+    ("timm:vgg11", 64),
+    ("timm:inception_v3", 139),
+    ("timm:repvgg_a0", 64),
+    ("timm:mobileone_s0", 64),
+    ("timm:fastvit_t8", 64),
+    ("timm:dpn48b", 64),
+    ("timm:ese_vovnet19b_dw", 64),
+    ("timm:hrnet_w18_small", 64),
+    ("timm:cspresnet50", 64),
+    ("timm:darknet17", 64),
+    ("timm:edgenext_xx_small", 64),
+    ("timm:nfnet_l0", 64),
+    ("timm:dla34", 64),
+    ("timm:res2net50_26w_4s", 64),
+    ("timm:mixnet_s", 64),
+    ("timm:ghostnet_100", 64),
+    ("timm:rexnet_100", 64),
+    ("timm:poolformer_s12", 64),
+    ("timm:xception41", 64),
+    ("timm:gernet_s", 64),
+    ("timm:cs3darknet_s", 64),
+    ("timm:mobilevit_xxs", 64),
+    ("timm:efficientvit_b0", 64),
+    ("timm:coatnet_nano_rw_224", 64),
+    ("timm:levit_128s", 64),
+    ("timm:swin_tiny_patch4_window7_224", 64),
+    ("timm:vit_tiny_patch16_224", 64),
+    ("timm:deit_tiny_patch16_224", 64),
+    ("timm:lcnet_050", 64),
+    ("timm:hgnetv2_b0", 64),
+    ("timm:skresnet18", 64),
+    ("timm:selecsls42b", 128),
 ]
 
 SWAPS = [
-    ("@down*=ppool", "after"), ("@down*=ppool", "first"), ("@down*=avg", "after"), ("@down*=max", "after"),
-    ("@down*=blur", "after"), ("@global=gsp:m=8", "after"), ("@global=gem", "after"),
+    ("@down*=ppool", "after"),
+    ("@down*=ppool", "first"),
+    ("@down*=avg", "after"),
+    ("@down*=max", "after"),
+    ("@down*=blur", "after"),
+    ("@global=gsp:m=8", "after"),
+    ("@global=gem", "after"),
 ]
 
 # the documented refusals (exit 2): no global head pool (token pooling in transformers, AlexNet/VGG's
 # 7×7/6×6 adaptive pools, LeViT), a head pool that sees a 1×1 map (timm's VGG pools after its 7×7 conv
 # "pre-logits": GeM/GSP would be the identity there), and recipe 'first' where a stage's strided sites
 # have no common module whose input is the stage's input (HRNet's fused branches, ...)
-REFUSALS = ("unknown site alias '@global'", "recipe 'first' needs one module", "this model has no downsampling stage",
-            "sees a 1×1 map at this input size")
+REFUSALS = (
+    "unknown site alias '@global'",
+    "recipe 'first' needs one module",
+    "this model has no downsampling stage",
+    "sees a 1×1 map at this input size",
+)
 
 
 def _train_step(module: torch.nn.Module, size: tuple[int, int, int]) -> None:

@@ -4,21 +4,26 @@
 running, 2 bad usage or input, 130 interrupted); ``--debug`` (anywhere on the line, or
 POOLCLI_DEBUG=1) shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
+import warnings
 
 import typer
 
-from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, PoolcliError
+from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, PoolcliError
+from ..text import first_sentence
 from . import common
 
 app = typer.Typer(
     name="poolcli",
     help="Find, fit, swap and evaluate pooling in pretrained CNNs.\n\n"
-         "Example: poolcli inspect fixtures/digits-cnn.safetensors",
+    "Example: poolcli inspect fixtures/digits-cnn.safetensors",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -41,8 +46,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and which kernels are native, then exit."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the version and which kernels are native, then exit.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or human tables on stderr."),
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
 ) -> None:
@@ -67,44 +77,99 @@ def _click_exceptions() -> list:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    common.STATE["debug"] = "--debug" in argv or os.environ.get("POOLCLI_DEBUG", "") not in ("", "0")
-    common.STATE["quiet"] = "--quiet" in argv or "-q" in argv[:1]
-    argv = [a for a in argv if a != "--debug"]
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    common.STATE["debug"] = "--debug" in head or os.environ.get("POOLCLI_DEBUG", "") not in ("", "0")
+    common.STATE["quiet"] = "--quiet" in head or "-q" in head
+    # global flags may come anywhere (`poolcli collect ... -q`): taken out here, they are not subcommand options
+    argv = [a for a in head if a not in ("--debug", "--quiet", "-q")] + argv[len(head) :]
     _register()
     command = typer.main.get_command(app)
     ce = _click_exceptions()
-    exit_types = (typer.Exit,) + tuple(getattr(m, "Exit") for m in ce if hasattr(m, "Exit"))
+    exit_types = (typer.Exit,) + tuple(m.Exit for m in ce if hasattr(m, "Exit"))
     click_errors = tuple(m.ClickException for m in ce)
-    abort_types = (typer.Abort, KeyboardInterrupt) + tuple(getattr(m, "Abort") for m in ce if hasattr(m, "Abort"))
+    abort_types = (typer.Abort, KeyboardInterrupt) + tuple(m.Abort for m in ce if hasattr(m, "Abort"))
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    terminated, previous = _raise_on_sigterm()
     try:
         rv = command.main(args=argv, prog_name="poolcli", standalone_mode=False)
         if rv == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a returned 130
-            common.console().print("interrupted")
+            return _interrupted(terminated)
         return rv if isinstance(rv, int) else EXIT_OK
     except exit_types as e:
         if e.exit_code == EXIT_INTERRUPTED:  # click turns Ctrl-C into Exit(130) in some versions
-            common.console().print("interrupted")
+            return _interrupted(terminated)
         return e.exit_code
     except click_errors as e:
-        e.show()
+        message = _usage_message(e)
+        if message is not None:
+            common.error_line(message)
         return e.exit_code
     except abort_types:
-        common.console().print("interrupted")
-        return EXIT_INTERRUPTED
+        return _interrupted(terminated)
     except BrokenPipeError:
         sys.stdout = open(os.devnull, "w")  # the reader went away (e.g. `| head`); not an error
         return EXIT_OK
     except PoolcliError as e:
         if common.STATE["debug"]:
             traceback.print_exc()
-        common.console().print(f"[red]error:[/red] {e}", soft_wrap=True)
+        common.error_line(_own_message(e))
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if common.STATE["debug"]:
             traceback.print_exc()
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        common.console().print(f"[red]error:[/red] {type(e).__name__}: {msg} (rerun with --debug for the traceback)", soft_wrap=True)
+        common.error_line(f"{type(e).__name__}: {first_sentence(e)} (rerun with --debug for the traceback)")
         return EXIT_FAILURE
+    finally:
+        warnings.showwarning = shown
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _usage_message(e: Exception) -> str | None:
+    """click's usage error (3 lines: usage, hint, error) as one line: the error and where help is. None when
+    click has already shown the help (``poolcli`` with no command)."""
+    text = e.format_message().strip()
+    if not text:
+        return None
+    ctx = getattr(e, "ctx", None)
+    path = getattr(ctx, "command_path", None) if ctx is not None else None
+    return f"{text} (see '{path or 'poolcli'} --help')"
+
+
+def _raise_on_sigterm() -> tuple[list[bool], object]:
+    """SIGTERM (``kill``, a batch scheduler's pre-emption) takes Ctrl-C's path: locks are released, temporary
+    files removed, collect saves its partial. Returns a flag that is set when it came, and the handler before."""
+    came: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        return came, None
+
+    def handler(signum: int, frame: object) -> None:
+        came.append(True)
+        raise KeyboardInterrupt
+
+    return came, signal.signal(signal.SIGTERM, handler)
+
+
+def _interrupted(terminated: list[bool]) -> int:
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    common.error_line(f"{what}; outputs were left as they were (collect --checkpoint-every keeps its partial)")
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def _own_message(e: PoolcliError) -> str:
+    """Our message. An error raised in a DataLoader worker comes back as the same type whose text is the
+    worker's traceback: its last line holds the message."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        return last.split(": ", 1)[1] if last.startswith(("poolcli.", type(e).__name__)) and ": " in last else last
+    return text
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Library warnings as one line each (``warning: ...``), never a source excerpt."""
+    common.warn(first_sentence(str(message)))
 
 
 def run() -> None:

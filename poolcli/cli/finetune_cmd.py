@@ -1,4 +1,5 @@
 """poolcli finetune: train a (converted) model on a dataset and write a checkpoint."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,44 +8,111 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..io.atomic import check_output
 from ..models.checkpoint import save_checkpoint
 from ..pipeline.finetune import FinetuneConfig, finetune
 from .app import app
-from .common import (BatchOpt, ClassesOpt, DataOpt, DeviceOpt, JsonOpt, LimitOpt, MaxPerClassOpt, STATE, SeedOpt, WeightsOpt,
-                     WorkersOpt, console, emit_json, environment, info, load_bundle)
+from .common import (
+    STATE,
+    BadImagesOpt,
+    BatchOpt,
+    ClassesOpt,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    LimitOpt,
+    MaxPerClassOpt,
+    SeedOpt,
+    WeightsOpt,
+    WorkersOpt,
+    console,
+    emit_json,
+    environment,
+    info,
+    load_bundle,
+)
 
 
 @app.command("finetune")
-def finetune_cmd(model: Annotated[str, typer.Argument(help="Model to train (usually a 'poolcli convert' checkpoint).")],
-                 output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
-                 data: DataOpt = "digits:train",
-                 val: Annotated[Optional[str], typer.Option("--val", help="Dataset to evaluate after each epoch, e.g. digits:test.")] = None,
-                 epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 10,
-                 lr: Annotated[float, typer.Option("--lr", help="Learning rate (cosine-annealed to 0).")] = 1e-3,
-                 optimizer: Annotated[str, typer.Option("--optimizer", help="adam, adamw or sgd (momentum 0.9, Nesterov).")] = "adam",
-                 weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay (not applied to pooling parameters).")] = 0.0,
-                 shift: Annotated[int, typer.Option("--shift", help="Random translation augmentation of ±N pixels.")] = 0,
-                 only_pools: Annotated[bool, typer.Option("--only-pools", help="Train only the swapped pooling sites' parameters "
-                                                          "(BatchNorm statistics still adapt).")] = False,
-                 pool_lr_mult: Annotated[float, typer.Option("--pool-lr-mult", help="Learning-rate multiplier for the swapped sites' parameters.")] = 10.0,
-                 zsr_weight: Annotated[float, typer.Option("--zsr-weight", help="Add GSP's zero-shot regulariser at this weight "
-                                                           "(the GSP papers use 0.1; needs a GSP site).")] = 0.0,
-                 weights: WeightsOpt = None, batch_size: BatchOpt = 64, workers: WorkersOpt = 0, seed: SeedOpt = 0,
-                 device: DeviceOpt = "auto", classes: ClassesOpt = None, limit: LimitOpt = None,
-                 max_per_class: MaxPerClassOpt = None, json_out: JsonOpt = False) -> None:
+def finetune_cmd(
+    model: Annotated[str, typer.Argument(help="Model to train (usually a 'poolcli convert' checkpoint).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
+    data: DataOpt = "digits:train",
+    val: Annotated[
+        Optional[str], typer.Option("--val", help="Dataset to evaluate after each epoch, e.g. digits:test.")
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 10,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate (cosine-annealed to 0).")] = 1e-3,
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", help="adam, adamw or sgd (momentum 0.9, Nesterov).")
+    ] = "adam",
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", help="Weight decay (not applied to pooling parameters).")
+    ] = 0.0,
+    shift: Annotated[int, typer.Option("--shift", help="Random translation augmentation of ±N pixels.")] = 0,
+    only_pools: Annotated[
+        bool,
+        typer.Option(
+            "--only-pools", help="Train only the swapped pooling sites' parameters (BatchNorm statistics still adapt)."
+        ),
+    ] = False,
+    pool_lr_mult: Annotated[
+        float, typer.Option("--pool-lr-mult", help="Learning-rate multiplier for the swapped sites' parameters.")
+    ] = 10.0,
+    zsr_weight: Annotated[
+        float,
+        typer.Option(
+            "--zsr-weight",
+            help="Add GSP's zero-shot regulariser at this weight (the GSP papers use 0.1; needs a GSP site).",
+        ),
+    ] = 0.0,
+    weights: WeightsOpt = None,
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = 0,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    classes: ClassesOpt = None,
+    limit: LimitOpt = None,
+    max_per_class: MaxPerClassOpt = None,
+    bad_images: BadImagesOpt = "error",
+    json_out: JsonOpt = False,
+) -> None:
     """Fine-tune a model (cross-entropy, cosine schedule) and write a checkpoint with the same swaps.
 
-    Example: poolcli finetune learned.safetensors --data digits:train --val digits:test --epochs 30 -o learned-ft.safetensors
+    Example: poolcli finetune learned.safetensors --data digits:train --val digits:test --epochs 30
+    -o learned-ft.safetensors
     """
-    cfg = FinetuneConfig(data=data, val=val, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                         batch_size=batch_size, workers=workers, seed=seed, device=device, shift=shift, only_pools=only_pools,
-                         pool_lr_mult=pool_lr_mult, zsr_weight=zsr_weight, classes=classes, limit=limit, max_per_class=max_per_class)
+    cfg = FinetuneConfig(
+        data=data,
+        val=val,
+        epochs=epochs,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        workers=workers,
+        seed=seed,
+        device=device,
+        shift=shift,
+        only_pools=only_pools,
+        pool_lr_mult=pool_lr_mult,
+        zsr_weight=zsr_weight,
+        classes=classes,
+        limit=limit,
+        max_per_class=max_per_class,
+        bad_images=bad_images,
+    )
+    cfg.check()
+    check_output(output)
     bundle = load_bundle(model, weights)
+    check_output(output, nbytes=sum(t.numel() * t.element_size() for t in bundle.module.state_dict().values()))
 
     def show(rec: dict) -> None:
         extra = f", val top-1 {100 * rec['val_top1']:.2f}%" if "val_top1" in rec else ""
-        info(f"epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.4f}, train top-1 {100 * rec['train_top1']:.2f}%{extra} "
-             f"({rec['seconds']:.1f}s)")
+        info(
+            f"epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.4f}, train top-1 {100 * rec['train_top1']:.2f}%{extra} "
+            f"({rec['seconds']:.1f}s)"
+        )
 
     bundle, doc = finetune(bundle, cfg, on_epoch=show)
     save_checkpoint(bundle, None, output)
@@ -54,8 +122,15 @@ def finetune_cmd(model: Annotated[str, typer.Argument(help="Model to train (usua
         for col in ("epochs", "images", "trainable params", "loss", "train top-1", "val top-1", "seconds"):
             table.add_column(col, justify="right")
         f = doc["final"]
-        table.add_row(str(epochs), str(doc["images"]), f"{doc['trainable_params']:,}", f"{f['loss']:.4f}",
-                      f"{100 * f['train_top1']:.2f}%", f"{100 * f['val_top1']:.2f}%" if "val_top1" in f else "-", f"{doc['seconds']:.1f}")
+        table.add_row(
+            str(epochs),
+            str(doc["images"]),
+            f"{doc['trainable_params']:,}",
+            f"{f['loss']:.4f}",
+            f"{100 * f['train_top1']:.2f}%",
+            f"{100 * f['val_top1']:.2f}%" if "val_top1" in f else "-",
+            f"{doc['seconds']:.1f}",
+        )
         console().print(table)
     if json_out:
         emit_json(doc)

@@ -1,16 +1,27 @@
 """poolcli inspect: list the pooling and downsampling sites of a model."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 
 import typer
-
 from rich.table import Table
 
 from ..models.sites import SiteReport, discover_sites, format_macs
 from .app import app
-from .common import (InChansOpt, InputSizeOpt, JsonOpt, ModelArg, NumClassesOpt, STATE, WeightsOpt, console, emit_json,
-                     environment, load_bundle)
+from .common import (
+    STATE,
+    InChansOpt,
+    InputSizeOpt,
+    JsonOpt,
+    ModelArg,
+    NumClassesOpt,
+    WeightsOpt,
+    console,
+    emit_json,
+    environment,
+    load_bundle,
+)
 
 
 def _shape(s: list[int]) -> str:
@@ -23,27 +34,57 @@ def render_sites(report: SiteReport, title: str) -> Table:
         table.add_column(col, justify="right" if col in ("#", "MACs", "share") else "left", overflow="fold")
     for s in report.sites:
         ks = f"{'x'.join(map(str, s.kernel))}/{'x'.join(map(str, s.stride))}" if s.kernel and s.stride else "-"
-        role = s.role + (f", {s.calls} calls" if s.calls > 1 else "") + {"fx": ", swap via FX", "none": ", not swappable (untraceable)"}.get(s.swappable_by, "")
+        role = (
+            s.role
+            + (f", {s.calls} calls" if s.calls > 1 else "")
+            + {"fx": ", swap via FX", "none": ", not swappable (untraceable)"}.get(s.swappable_by, "")
+        )
         share = f"{100 * s.macs / report.total_macs:.2f}%" if report.total_macs else "-"
         style = "dim" if s.role in ("internal-global", "shape-preserving") else None
-        table.add_row(str(s.order), s.alias or "", s.path, s.kind, s.op, ks, f"{_shape(s.in_shape)} → {_shape(s.out_shape)}",
-                      format_macs(s.macs), share, role, style=style)
+        table.add_row(
+            str(s.order),
+            s.alias or "",
+            s.path,
+            s.kind,
+            s.op,
+            ks,
+            f"{_shape(s.in_shape)} → {_shape(s.out_shape)}",
+            format_macs(s.macs),
+            share,
+            role,
+            style=style,
+        )
     return table
 
 
 def inspect_document(spec: str, bundle: Any, report: SiteReport) -> dict[str, Any]:
-    return {"schema": "poolcli.inspect/1", "model": spec, "base": bundle.base, "swaps": bundle.swaps,
-            "num_classes": bundle.num_classes, "mean": list(bundle.mean), "std": list(bundle.std),
-            "params": sum(p.numel() for p in bundle.module.parameters()),
-            "macs_definition": "multiply-accumulates of one image's forward pass (conv, linear, pooling taps)",
-            **report.to_dict(), "environment": environment()}
+    return {
+        "schema": "poolcli.inspect/1",
+        "model": spec,
+        "base": bundle.base,
+        "swaps": bundle.swaps,
+        "num_classes": bundle.num_classes,
+        "mean": list(bundle.mean),
+        "std": list(bundle.std),
+        "params": sum(p.numel() for p in bundle.module.parameters()),
+        "macs_definition": "multiply-accumulates of one image's forward pass (conv, linear, pooling taps)",
+        **report.to_dict(),
+        "environment": environment(),
+    }
 
 
 @app.command("inspect")
-def inspect_cmd(model: ModelArg, weights: WeightsOpt = None, num_classes: NumClassesOpt = None, in_chans: InChansOpt = None,
-                input_size: InputSizeOpt = None,
-                site: Annotated[Optional[str], typer.Option("--site", help="Show only this site (alias like @down3, or a module path).")] = None,
-                json_out: JsonOpt = False) -> None:
+def inspect_cmd(
+    model: ModelArg,
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    in_chans: InChansOpt = None,
+    input_size: InputSizeOpt = None,
+    site: Annotated[
+        Optional[str], typer.Option("--site", help="Show only this site (alias like @down3, or a module path).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
     """List pooling/downsampling sites: path, kind, kernel/stride, shapes, cost, aliases (@global, @downK).
 
     Example: poolcli inspect tv:resnet18 --json | jq '.aliases'
@@ -57,8 +98,11 @@ def inspect_cmd(model: ModelArg, weights: WeightsOpt = None, num_classes: NumCla
         con = console()
         params = sum(p.numel() for p in bundle.module.parameters())
         con.print(render_sites(report, f"{model}  input {_shape(list(bundle.input_size))}"))
-        con.print(f"total {format_macs(report.total_macs)} MACs per image, {params / 1e6:.2f}M parameters; "
-                  + "stages: " + ", ".join(f"{k}={len(v)} site(s)" for k, v in report.stages.items()))
+        con.print(
+            f"total {format_macs(report.total_macs)} MACs per image, {params / 1e6:.2f}M parameters; "
+            + "stages: "
+            + ", ".join(f"{k}={len(v)} site(s)" for k, v in report.stages.items())
+        )
         if report.unused_pools:
             con.print(f"defined but never called: {', '.join(report.unused_pools)}")
     if json_out:

@@ -1,4 +1,5 @@
 """Batch augmentations for training (pure tensor functions, seeded by a generator)."""
+
 from __future__ import annotations
 
 import torch

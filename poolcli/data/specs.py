@@ -4,6 +4,7 @@ Grammar: ``digits[:SPLIT]``, ``folder:PATH[:SPLIT]``, ``cifar10:PATH[:SPLIT]``, 
 ``svhn:PATH[:SPLIT]``, ``tensors:FILE``. Subsets: ``classes`` ("0-4" or "1,3,7"), ``limit`` (first N after
 a seeded shuffle), ``max_per_class``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,12 +14,26 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import BadInputError
-from .sources import (RawDataset, load_cifar_source, load_digits_source, load_folder_source, load_svhn_source,
-                      load_tensors_source)
+from ..text import quote
+from .sources import (
+    RawDataset,
+    load_cifar_source,
+    load_digits_source,
+    load_folder_source,
+    load_svhn_source,
+    load_tensors_source,
+)
 from .transforms import Preprocess
 
 KINDS = ("digits", "folder", "cifar10", "cifar100", "svhn", "tensors")
 SPLITS = ("train", "test", "val", "extra", "all")
+SOURCE_SPLITS = {
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "svhn": ("train", "test", "extra"),
+    "folder": ("train", "val", "test"),
+}
+BAD_IMAGES = ("error", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +49,10 @@ class DataSpec:
 def parse_data_spec(text: str) -> DataSpec:
     kind, _, rest = text.partition(":")
     if kind not in KINDS:
-        raise BadInputError(f"unknown dataset '{text}': use one of digits, folder:PATH, cifar10:PATH, cifar100:PATH, svhn:PATH, tensors:FILE")
+        raise BadInputError(
+            f"unknown dataset {quote(text)}: use one of digits, folder:PATH, cifar10:PATH, "
+            "cifar100:PATH, svhn:PATH, tensors:FILE"
+        )
     split = None
     if kind == "digits":
         return DataSpec(kind, None, rest or None)
@@ -53,7 +71,13 @@ def open_raw(spec: DataSpec | str, default_split: str) -> RawDataset:
         return load_digits_source(split)
     path = Path(spec.path or "")
     if not path.exists():
-        raise BadInputError(f"dataset path not found: {path}; check the {spec.kind}:PATH spec")
+        head, sep, tail = (spec.path or "").rpartition(":")
+        if sep and Path(head).exists() and spec.split is None:
+            raise BadInputError(
+                f"unknown split {quote(tail)} in {quote(str(spec))}: {spec.kind} takes "
+                f"{', '.join(SOURCE_SPLITS.get(spec.kind, SPLITS))}"
+            )
+        raise BadInputError(f"dataset path not found: {quote(path)}; check the {spec.kind}:PATH spec")
     if spec.kind in ("cifar10", "cifar100"):
         return load_cifar_source(spec.kind, path, split)
     if spec.kind == "svhn":
@@ -64,7 +88,7 @@ def open_raw(spec: DataSpec | str, default_split: str) -> RawDataset:
 
 
 def parse_classes(text: str | None) -> list[int] | None:
-    """"0-4" → [0..4]; "1,3,7" → [1,3,7]; ranges and lists mix ("0-2,7")."""
+    """ "0-4" → [0..4]; "1,3,7" → [1,3,7]; ranges and lists mix ("0-2,7")."""
     if not text:
         return None
     out: list[int] = []
@@ -73,12 +97,20 @@ def parse_classes(text: str | None) -> list[int] | None:
             a, sep, b = part.strip().partition("-")
             out.extend(range(int(a), int(b) + 1) if sep else [int(a)])
     except ValueError:
-        raise BadInputError(f"bad --classes '{text}': use ranges and lists of class indices, e.g. 0-4 or 1,3,7") from None
+        raise BadInputError(
+            f"bad --classes '{text}': use ranges and lists of class indices, e.g. 0-4 or 1,3,7"
+        ) from None
     return sorted(set(out))
 
 
-def select_indices(labels: torch.Tensor, classes: list[int] | None = None, limit: int | None = None,
-                   max_per_class: int | None = None, seed: int = 0, shuffle: bool = False) -> torch.Tensor:
+def select_indices(
+    labels: torch.Tensor,
+    classes: list[int] | None = None,
+    limit: int | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    shuffle: bool = False,
+) -> torch.Tensor:
     """Indices after the class filter, the per-class cap (first ones per class) and ``limit``."""
     idx = torch.arange(labels.numel())
     if shuffle or limit is not None:
@@ -120,25 +152,81 @@ class ImageDataset(Dataset):
         return {int(v): int(c) for v, c in zip(vals, counts)}
 
 
-def open_dataset(spec: str, *, input_size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...],
-                 default_split: str = "test", classes: str | list[int] | None = None, limit: int | None = None,
-                 max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
+def open_dataset(
+    spec: str,
+    *,
+    input_size: tuple[int, int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    default_split: str = "test",
+    classes: str | list[int] | None = None,
+    limit: int | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    bad_images: str = "error",
+) -> ImageDataset:
+    """The selected images of dataset ``spec``, preprocessed for a model of ``input_size``.
+
+    ``bad_images``: "error" (an unreadable image file stops the run, naming it) or "skip" (every selected
+    image is decoded once up front and unreadable ones are left out; ``ds.skipped`` lists them)."""
+    if bad_images not in BAD_IMAGES:
+        raise BadInputError(f"--bad-images must be error or skip, not {quote(bad_images)}")
     raw = open_raw(spec, default_split)
+    if raw.channels != input_size[0] and 1 not in (raw.channels, input_size[0]):
+        raise BadInputError(
+            f"{spec} has {raw.channels}-channel images but the model takes {input_size[0]} channels; "
+            "give 1-channel (grey) or matching images, or a model built with --in-chans"
+        )
     cls = parse_classes(classes) if isinstance(classes, str) else classes
     if limit is not None and limit < 1:
         raise BadInputError(f"--limit must be ≥ 1, got {limit}")
+    if max_per_class is not None and max_per_class < 1:
+        raise BadInputError(f"--max-per-class must be ≥ 1, got {max_per_class}")
+    if raw.labels.numel() == 0:
+        raise BadInputError(f"dataset {spec} holds no images; give a dataset with images")
     idx = select_indices(raw.labels, cls, limit, max_per_class, seed)
+    skipped: list[str] = []
+    if bad_images == "skip" and raw.names is not None:
+        keep = []
+        for i in idx.tolist():
+            try:
+                raw.get_image(i)
+                keep.append(i)
+            except BadInputError:
+                skipped.append(raw.names(i))
+        idx = torch.tensor(keep, dtype=torch.long)
     if idx.numel() == 0:
-        raise BadInputError(f"dataset {spec} is empty after selection (classes={classes}, limit={limit}); widen the selection")
+        raise BadInputError(
+            f"dataset {spec} is empty after selection (classes={classes}, limit={limit}"
+            f"{', every image unreadable' if skipped else ''}); widen the selection"
+        )
     ds = ImageDataset(raw, idx, Preprocess(input_size, mean, std))
     ds.description = raw.description  # type: ignore[attr-defined]
+    ds.skipped = skipped  # type: ignore[attr-defined]
     return ds
 
 
-def make_loader(ds: Dataset, batch_size: int, workers: int = 0, shuffle: bool = False, seed: int = 0,
-                drop_last: bool = False) -> DataLoader:
+MAX_WORKERS = 256
+
+
+def check_workers(workers: int) -> None:
+    if not 0 <= workers <= MAX_WORKERS:
+        raise BadInputError(f"--workers must be between 0 (load in process) and {MAX_WORKERS}, got {workers}")
+
+
+def make_loader(
+    ds: Dataset, batch_size: int, workers: int = 0, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be ≥ 1, got {batch_size}")
+    check_workers(workers)
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=max(0, workers), generator=g,
-                      drop_last=drop_last, persistent_workers=False)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=g,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )

@@ -1,4 +1,5 @@
 """Image preprocessing to a model's input size and normalisation (pure tensor maths)."""
+
 from __future__ import annotations
 
 import torch
@@ -33,10 +34,16 @@ class Preprocess:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(c, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(c, 1, 1)
 
+    def signature(self) -> tuple:
+        """What decides the output (keys resumable jobs)."""
+        return (type(self).__name__, self.input_size, self.mean.flatten().tolist(), self.std.flatten().tolist())
+
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         x = adapt_channels(to_float(img), self.input_size[0])
         h, w = self.input_size[1:]
         if tuple(x.shape[-2:]) != (h, w):
             shrink = x.shape[-2] > h or x.shape[-1] > w
-            x = F.interpolate(x.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False, antialias=shrink).squeeze(0)
+            x = F.interpolate(
+                x.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False, antialias=shrink
+            ).squeeze(0)
         return (x - self.mean) / self.std

@@ -1,14 +1,15 @@
 """Top-1/top-5 accuracy, mean cross-entropy and throughput of a classifier on a dataset."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import BadInputError
+from ..errors import BadInputError, RunError
 
 METRIC_DEFINITIONS = {
     "top1": "fraction of images whose highest logit is the true class",
@@ -19,8 +20,12 @@ METRIC_DEFINITIONS = {
 
 
 @torch.inference_mode()
-def evaluate_classifier(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                        progress: Callable[[int], None] | None = None) -> dict[str, float]:
+def evaluate_classifier(
+    module: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
     module.eval().to(device)
     n = correct1 = correct5 = 0
     loss_sum = 0.0
@@ -32,10 +37,21 @@ def evaluate_classifier(module: nn.Module, batches: Iterable[tuple[torch.Tensor,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         fwd_s += time.perf_counter() - t0
+        if not bool(torch.isfinite(logits).all()):
+            raise RunError(
+                f"the model's outputs are NaN/inf on images {n}..{n + int(y.numel()) - 1} of the "
+                "selection: check the images (values must be in [0, 1] or 0-255) and the model's weights; "
+                "no accuracy is reported from non-finite outputs"
+            )
         if logits.dim() != 2:
-            raise BadInputError(f"model output has shape {list(logits.shape)}; a classifier must output [batch, classes]")
+            raise BadInputError(
+                f"model output has shape {list(logits.shape)}; a classifier must output [batch, classes]"
+            )
         if int(y.max()) >= logits.shape[1]:
-            raise BadInputError(f"dataset label {int(y.max())} is out of range for a model with {logits.shape[1]} outputs; pick matching --classes or model")
+            raise BadInputError(
+                f"dataset label {int(y.max())} is out of range for a model with {logits.shape[1]} outputs; pick "
+                "matching --classes or model"
+            )
         loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += int((top[:, 0] == y).sum())
@@ -45,7 +61,12 @@ def evaluate_classifier(module: nn.Module, batches: Iterable[tuple[torch.Tensor,
             progress(int(y.numel()))
     if n == 0:
         raise BadInputError("the dataset yielded no images; widen the selection")
-    out = {"n": n, "top1": correct1 / n, "loss": loss_sum / n, "images_per_s": n / fwd_s if fwd_s > 0 else float("inf"),
-           "forward_seconds": fwd_s}
+    out = {
+        "n": n,
+        "top1": correct1 / n,
+        "loss": loss_sum / n,
+        "images_per_s": n / fwd_s if fwd_s > 0 else float("inf"),
+        "forward_seconds": fwd_s,
+    }
     out["top5"] = correct5 / n
     return out

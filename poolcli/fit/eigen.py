@@ -11,6 +11,7 @@ window on the input grid (the paper's s·coord(m) with the window centre as anch
 
 Never forms an inverse. Eigenvectors are returned G_m-normalised; callers renormalise and fix signs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -95,9 +96,19 @@ def _renormalise(X: torch.Tensor, GX: torch.Tensor, AX: torch.Tensor):
     return X * scale, GX * scale, AX * scale
 
 
-def solve_lobpcg(A_factor: torch.Tensor, B: torch.Tensor, penalty: torch.Tensor, alpha: float, k: int, *,
-                 tol: float = 1e-9, max_iter: int = 500, dense_A: bool | None = None, X0: torch.Tensor | None = None,
-                 seed: int = 0) -> EigResult:
+def solve_lobpcg(
+    A_factor: torch.Tensor,
+    B: torch.Tensor,
+    penalty: torch.Tensor,
+    alpha: float,
+    k: int,
+    *,
+    tol: float = 1e-9,
+    max_iter: int = 500,
+    dense_A: bool | None = None,
+    X0: torch.Tensor | None = None,
+    seed: int = 0,
+) -> EigResult:
     """Block LOBPCG for the top-k (+1 guard) generalized eigenpairs of all M problems at once."""
     n = B.shape[0]
     m = penalty.shape[0]
@@ -121,7 +132,7 @@ def solve_lobpcg(A_factor: torch.Tensor, B: torch.Tensor, penalty: torch.Tensor,
     P = None
     it = 0
     rel = math.inf
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is reported after the loop)
         X, GX, AX = _renormalise(X, GX, AX)
         lam = (X * AX).sum(1)
         R = AX - GX * lam[:, None, :]

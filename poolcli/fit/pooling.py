@@ -1,4 +1,5 @@
 """The closed-form pooling fit (seed 001 Algorithm 1, solved without inverses) and its report."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,18 +28,33 @@ class PoolingFit:
     residual: float
 
     def summary(self) -> dict:
-        gap = (self.eigenvalues[:, 0] - self.eigenvalues[:, 1]) / self.eigenvalues[:, 0].abs() if self.eigenvalues.shape[1] > 1 \
+        gap = (
+            (self.eigenvalues[:, 0] - self.eigenvalues[:, 1]) / self.eigenvalues[:, 0].abs()
+            if self.eigenvalues.shape[1] > 1
             else (self.eigenvalues[:, 0] - self.guard) / self.eigenvalues[:, 0].abs()
+        )
         valid = torch.isfinite(self.ratio) & torch.isfinite(self.avg_ratio) & (self.avg_ratio > 0)
         gain = (self.ratio[valid] / self.avg_ratio[valid]).mean() if bool(valid.any()) else torch.tensor(float("nan"))
-        return {"alpha": self.alpha, "norm": self.norm, "k": self.P.shape[0], "in_grid": list(self.in_hw), "out_grid": list(self.out_hw),
-                "separability_mean": float(self.ratio[valid].mean()) if bool(valid.any()) else float("nan"),
-                "separability_avgpool_mean": float(self.avg_ratio[valid].mean()) if bool(valid.any()) else float("nan"),
-                "separability_gain": float(gain), "cells_undefined": int((~valid).sum()),
-                "cells_undefined_definition": "output cells whose average-pooled or fitted map has zero within-class "
-                                              "scatter (constant input, e.g. blank border): left out of the means",
-                "eigengap_rel_mean": float(gap.mean()), "eigengap_rel_min": float(gap.min()),
-                "ridge": self.ridge, "b_scale": self.b_scale, "solver": self.solver, "iterations": self.iterations, "residual": self.residual}
+        return {
+            "alpha": self.alpha,
+            "norm": self.norm,
+            "k": self.P.shape[0],
+            "in_grid": list(self.in_hw),
+            "out_grid": list(self.out_hw),
+            "separability_mean": float(self.ratio[valid].mean()) if bool(valid.any()) else float("nan"),
+            "separability_avgpool_mean": float(self.avg_ratio[valid].mean()) if bool(valid.any()) else float("nan"),
+            "separability_gain": float(gain),
+            "cells_undefined": int((~valid).sum()),
+            "cells_undefined_definition": "output cells whose average-pooled or fitted map has zero within-class "
+            "scatter (constant input, e.g. blank border): left out of the means",
+            "eigengap_rel_mean": float(gap.mean()),
+            "eigengap_rel_min": float(gap.min()),
+            "ridge": self.ridge,
+            "b_scale": self.b_scale,
+            "solver": self.solver,
+            "iterations": self.iterations,
+            "residual": self.residual,
+        }
 
 
 def average_vectors(in_hw: tuple[int, int], out_hw: tuple[int, int], dtype=torch.float64) -> torch.Tensor:
@@ -97,9 +113,20 @@ def needs_ridge(B: torch.Tensor) -> float:
     return 1e-6 * float(torch.diagonal(B).mean()) if singular else 0.0
 
 
-def fit_pooling(D: torch.Tensor, B: torch.Tensor, in_hw: tuple[int, int], *, stride: int = 2, alpha: float = 25.0,
-                k: int = 2, norm: str = "l2", solver: str = "auto", ridge: float | None = None, tol: float = 1e-10,
-                seed: int = 0) -> PoolingFit:
+def fit_pooling(
+    D: torch.Tensor,
+    B: torch.Tensor,
+    in_hw: tuple[int, int],
+    *,
+    stride: int = 2,
+    alpha: float = 25.0,
+    k: int = 2,
+    norm: str = "l2",
+    solver: str = "auto",
+    ridge: float | None = None,
+    tol: float = 1e-10,
+    seed: int = 0,
+) -> PoolingFit:
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be l1 or l2, not {norm!r}")
     n = B.shape[0]
@@ -128,6 +155,19 @@ def fit_pooling(D: torch.Tensor, B: torch.Tensor, in_hw: tuple[int, int], *, str
     avg = average_vectors(in_hw, out_hw)
     ratio = _safe_ratio(between(D, top), quadratic(B, top))
     avg_ratio = _safe_ratio(between(D, avg), quadratic(B, avg))
-    return PoolingFit(P=vecs.permute(2, 0, 1).float().contiguous(), eigenvalues=res.values, guard=res.guard, ratio=ratio,
-                      avg_ratio=avg_ratio, in_hw=tuple(in_hw), out_hw=out_hw, alpha=float(alpha), norm=norm, ridge=ridge, b_scale=b_scale,
-                      solver=method, iterations=res.iterations, residual=res.residual if not math.isnan(res.residual) else 0.0)
+    return PoolingFit(
+        P=vecs.permute(2, 0, 1).float().contiguous(),
+        eigenvalues=res.values,
+        guard=res.guard,
+        ratio=ratio,
+        avg_ratio=avg_ratio,
+        in_hw=tuple(in_hw),
+        out_hw=out_hw,
+        alpha=float(alpha),
+        norm=norm,
+        ridge=ridge,
+        b_scale=b_scale,
+        solver=method,
+        iterations=res.iterations,
+        residual=res.residual if not math.isnan(res.residual) else 0.0,
+    )

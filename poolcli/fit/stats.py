@@ -9,6 +9,7 @@ Only sums are accumulated (float64): counts, per-class sums of the maps, and ONE
 1/K_q (a single batched GEMM per batch, no per-class N×N matrices). Sums merge by addition, so shards
 and ranks combine exactly; memory does not depend on the number of images.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,13 +28,26 @@ class ScatterStats:
     grid: tuple[int, int]  # (H, W)
 
     @classmethod
-    def empty(cls, planned_counts: torch.Tensor, grid: tuple[int, int], channel_mean: torch.Tensor,
-              channel_scale: torch.Tensor) -> "ScatterStats":
+    def empty(
+        cls,
+        planned_counts: torch.Tensor,
+        grid: tuple[int, int],
+        channel_mean: torch.Tensor,
+        channel_scale: torch.Tensor,
+    ) -> ScatterStats:
         q, n, c = planned_counts.numel(), grid[0] * grid[1], channel_scale.numel()
-        w = torch.where(planned_counts > 0, 1.0 / planned_counts.clamp(min=1).double(), torch.zeros(q, dtype=torch.float64))
-        return cls(weights=w, counts=torch.zeros(q, dtype=torch.long), class_sums=torch.zeros(q, n, c, dtype=torch.float64),
-                   gram=torch.zeros(n, n, dtype=torch.float64), channel_mean=channel_mean.double(),
-                   channel_scale=channel_scale.double(), grid=tuple(grid))
+        w = torch.where(
+            planned_counts > 0, 1.0 / planned_counts.clamp(min=1).double(), torch.zeros(q, dtype=torch.float64)
+        )
+        return cls(
+            weights=w,
+            counts=torch.zeros(q, dtype=torch.long),
+            class_sums=torch.zeros(q, n, c, dtype=torch.float64),
+            gram=torch.zeros(n, n, dtype=torch.float64),
+            channel_mean=channel_mean.double(),
+            channel_scale=channel_scale.double(),
+            grid=tuple(grid),
+        )
 
     @property
     def num_locations(self) -> int:
@@ -43,7 +57,10 @@ class ScatterStats:
         """Add a batch of maps [b, C, H, W] (any float dtype/device) with labels [b]."""
         b, c, h, w = maps.shape
         if (h, w) != self.grid or c != self.channel_scale.numel():
-            raise ValueError(f"maps of shape {c}×{h}×{w} do not match statistics for {self.channel_scale.numel()}×{self.grid[0]}×{self.grid[1]}")
+            raise ValueError(
+                f"maps of shape {c}×{h}×{w} do not match statistics for "
+                f"{self.channel_scale.numel()}×{self.grid[0]}×{self.grid[1]}"
+            )
         dev = self.gram.device
         x = maps.detach().to(dev, torch.float64).reshape(b, c, h * w)
         x = x.div_(self.channel_scale.to(dev)[None, :, None]).transpose(1, 2)  # [b, N, C], channel-scaled
@@ -55,21 +72,30 @@ class ScatterStats:
         z = wx.transpose(0, 1).reshape(h * w, b * c)  # [N, b·C]
         self.gram.addmm_(z, z.t())  # Σ_k w_k X_k X_kᵀ as one GEMM for the whole batch
 
-    def merge(self, other: "ScatterStats") -> "ScatterStats":
+    def merge(self, other: ScatterStats) -> ScatterStats:
         for name in ("weights", "channel_scale"):
             if not torch.allclose(getattr(self, name), getattr(other, name), rtol=1e-12, atol=0):
-                raise ValueError(f"statistics disagree on {name.replace('_', ' ')}: they come from different runs or datasets")
+                raise ValueError(
+                    f"statistics disagree on {name.replace('_', ' ')}: they come from different runs or datasets"
+                )
         if self.grid != other.grid:
             raise ValueError(f"statistics have different grids {self.grid} and {other.grid}")
-        return dataclasses.replace(self, counts=self.counts + other.counts, class_sums=self.class_sums + other.class_sums,
-                                   gram=self.gram + other.gram)
+        return dataclasses.replace(
+            self,
+            counts=self.counts + other.counts,
+            class_sums=self.class_sums + other.class_sums,
+            gram=self.gram + other.gram,
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "grid"}
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor], grid: tuple[int, int]) -> "ScatterStats":
-        return cls(**{k: t[k] for k in ("weights", "counts", "class_sums", "gram", "channel_mean", "channel_scale")}, grid=tuple(grid))
+    def from_tensors(cls, t: dict[str, torch.Tensor], grid: tuple[int, int]) -> ScatterStats:
+        return cls(
+            **{k: t[k] for k in ("weights", "counts", "class_sums", "gram", "channel_mean", "channel_scale")},
+            grid=tuple(grid),
+        )
 
     def present_classes(self) -> torch.Tensor:
         return (self.counts > 0).nonzero().squeeze(1)
@@ -77,9 +103,13 @@ class ScatterStats:
     def scatter(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(D, B) with A = D Dᵀ. Requires every present class to be complete (counts == planned)."""
         q = self.present_classes()
-        planned = torch.where(self.weights > 0, (1.0 / self.weights.clamp(min=1e-300)).round().long(), torch.zeros_like(self.counts))
+        planned = torch.where(
+            self.weights > 0, (1.0 / self.weights.clamp(min=1e-300)).round().long(), torch.zeros_like(self.counts)
+        )
         if not torch.equal(self.counts[q], planned[q]):
-            raise ValueError("statistics are incomplete (some classes have fewer images than planned); merge all shards first")
+            raise ValueError(
+                "statistics are incomplete (some classes have fewer images than planned); merge all shards first"
+            )
         means = self.class_sums[q] / self.counts[q].double()[:, None, None]  # [Q', N, C]
         centre = means.mean(0)
         D = (means - centre).permute(1, 0, 2).reshape(self.num_locations, -1)  # [N, Q'·C]

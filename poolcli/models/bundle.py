@@ -1,4 +1,5 @@
 """A model plus everything needed to rebuild and feed it (the checkpoint manifest, in memory)."""
+
 from __future__ import annotations
 
 import dataclasses

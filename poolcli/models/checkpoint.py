@@ -3,6 +3,7 @@
 Loading = build the base architecture, apply the recorded site swaps in order, then
 ``load_state_dict(strict=True)``. The round trip is bit-exact for the stored dtype.
 """
+
 from __future__ import annotations
 
 import collections
@@ -16,13 +17,19 @@ from torch import nn
 from ..errors import BadInputError, RunError
 from ..io.tensorfile import read_metadata, read_tensors, write_tensors
 from .bundle import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ModelBundle
+from .manifest import validate_manifest
 from .spec import build_base
 from .surgery import apply_swaps
 from .weights import load_state_dict_strict
 
 
-def save_checkpoint(model: nn.Module | ModelBundle, manifest: dict[str, Any] | None, path: str | os.PathLike,
-                    dtype: torch.dtype | None = None, verify: bool = False) -> None:
+def save_checkpoint(
+    model: nn.Module | ModelBundle,
+    manifest: dict[str, Any] | None,
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    verify: bool = False,
+) -> None:
     """Write ``model``'s state_dict and ``manifest`` atomically to ``path``.
 
     ``model`` may be a :class:`ModelBundle` (its manifest is used when ``manifest`` is None).
@@ -49,7 +56,14 @@ def save_checkpoint(model: nn.Module | ModelBundle, manifest: dict[str, Any] | N
         manifest = {**manifest, "storage_dtype": str(dtype).replace("torch.", "")}
     input_size = tuple(manifest["input_size"])
     check = (lambda tmp: _verify_reload(module, tmp, input_size, exact=dtype is None)) if verify else None
-    write_tensors(path, state, manifest, verify=check)
+    write_tensors(
+        path,
+        state,
+        manifest,
+        verify=check,
+        what="the checkpoint",
+        hint="the model's weights are not finite (training diverged or the input was): lower --lr or check the images",
+    )
 
 
 def _verify_reload(module: nn.Module, tmp: Path, input_size: tuple[int, ...], exact: bool) -> None:
@@ -70,25 +84,37 @@ def _verify_reload(module: nn.Module, tmp: Path, input_size: tuple[int, ...], ex
         module.train(was)
     want = want if isinstance(want, torch.Tensor) else want[0]
     got = got if isinstance(got, torch.Tensor) else got[0]
-    same = torch.allclose(want.float(), got.float(), rtol=0 if exact else 1e-2, atol=0 if exact else 1e-2, equal_nan=True)
+    same = torch.allclose(
+        want.float(), got.float(), rtol=0 if exact else 1e-2, atol=0 if exact else 1e-2, equal_nan=True
+    )
     if not same:
-        raise RunError("the written checkpoint reloads to a model with different outputs; nothing was written "
-                       "(report it with the model and --swap)")
+        raise RunError(
+            "the written checkpoint reloads to a model with different outputs; nothing was written "
+            "(report it with the model and --swap)"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike) -> ModelBundle:
     path = Path(path)
     if path.suffix in (".pt", ".pth", ".bin"):
-        raise BadInputError(f"{path} is not a poolcli checkpoint; give its architecture (timm:NAME or tv:NAME) and pass it with --weights {path}")
+        raise BadInputError(
+            f"{path} is not a poolcli checkpoint; give its architecture (timm:NAME or tv:NAME) and pass "
+            f"it with --weights {path}"
+        )
     manifest = read_metadata(path)
-    if manifest is None or manifest.get("format") != CHECKPOINT_FORMAT:
-        raise BadInputError(f"{path} has no poolcli manifest; give its architecture (timm:NAME or tv:NAME) and pass the file with --weights {path}")
-    if int(manifest.get("version", 0)) > CHECKPOINT_VERSION:
-        raise BadInputError(f"{path} was written by a newer poolcli (checkpoint version {manifest['version']}); upgrade poolcli")
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+        raise BadInputError(
+            f"{path} has no poolcli manifest; give its architecture (timm:NAME or tv:NAME) and pass "
+            f"the file with --weights {path}"
+        )
+    version = manifest.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > CHECKPOINT_VERSION:
+        raise BadInputError(f"{path} was written by a newer poolcli (checkpoint version {version}); upgrade poolcli")
+    validate_manifest(manifest, str(path))
     base = manifest["base"]
     module = build_base(base["source"], base["name"], dict(base.get("kwargs", {})))
     swaps = list(manifest.get("swaps", []))
-    apply_swaps(module, swaps)
+    apply_swaps(module, swaps, trusted=False)
     state, _ = read_tensors(path)
     versions = manifest.get("module_versions")
     if isinstance(versions, dict):
@@ -97,9 +123,15 @@ def load_checkpoint(path: str | os.PathLike) -> ModelBundle:
     load_state_dict_strict(module, state, str(path), f"{base['source']}:{base['name']} with {len(swaps)} swap(s)")
     module.eval()
     return ModelBundle(
-        module=module, base=base, swaps=swaps, classes=manifest.get("classes"),
-        input_size=tuple(manifest["input_size"]), mean=tuple(manifest["mean"]), std=tuple(manifest["std"]),
-        extra=manifest.get("extra", {}), spec=str(path),
+        module=module,
+        base=base,
+        swaps=swaps,
+        classes=manifest.get("classes"),
+        input_size=tuple(manifest["input_size"]),
+        mean=tuple(manifest["mean"]),
+        std=tuple(manifest["std"]),
+        extra=manifest.get("extra", {}),
+        spec=str(path),
     )
 
 

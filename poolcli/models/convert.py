@@ -24,6 +24,7 @@ explicit ``kernel=``/``stride=``/``padding=`` wins. Afterwards the model runs on
 give the shape it gave before, no strided site of a swapped stage may be left, and every new operator with
 parameters must receive a gradient (a swap that cannot change the function is refused).
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,7 +39,14 @@ from torch import nn
 from ..errors import BadInputError, RunError
 from ..io.poolfile import read_pooling
 from ..ops.learned import LearnedLinearPool, LearnedMapPool
-from ..ops.registry import build_op, is_windowed, parse_op_spec, takes_ceil_mode, takes_channels
+from ..ops.registry import (
+    build_op,
+    is_windowed,
+    parse_op_spec,
+    takes_ceil_mode,
+    takes_channels,
+    validate_params,
+)
 from ..runtime import seed_everything
 from . import fxsites
 from .bundle import ModelBundle
@@ -73,13 +81,15 @@ def parse_swap(text: str) -> tuple[str, str]:
     """``@down3=learned:pool.safetensors`` → ("@down3", "learned:pool.safetensors")."""
     site, eq, spec = text.partition("=")
     if not eq or not site.strip() or not spec.strip():
-        raise BadInputError(f"bad --swap '{text}': write SITE=OP, e.g. @down3=learned:pool.safetensors or @global=gem:p=3")
+        raise BadInputError(
+            f"bad --swap '{text}': write SITE=OP, e.g. @down3=learned:pool.safetensors or @global=gem:p=3"
+        )
     return site.strip(), spec.strip()
 
 
 def expand_sites(text: str, report: SiteReport) -> list[str]:
     """``@down*`` → every stage; ``@down2-4`` → @down2, @down3, @down4; anything else unchanged."""
-    stages = sorted((int(k[len("@down"):]) for k in report.stages), key=int)
+    stages = sorted((int(k[len("@down") :]) for k in report.stages), key=int)
     if text == "@down*":
         if not stages:
             raise BadInputError("this model has no downsampling stage at this input size; see 'poolcli inspect'")
@@ -90,7 +100,9 @@ def expand_sites(text: str, report: SiteReport) -> list[str]:
         missing = [k for k in range(lo, hi + 1) if k not in stages]
         if lo > hi or missing:
             have = f"@down1-{max(stages)}" if stages else "none"
-            raise BadInputError(f"bad site range '{text}': this model has stages {have} at this input size; see 'poolcli inspect'")
+            raise BadInputError(
+                f"bad site range '{text}': this model has stages {have} at this input size; see 'poolcli inspect'"
+            )
         return [f"@down{k}" for k in range(lo, hi + 1)]
     return [text]
 
@@ -113,20 +125,23 @@ def _module_path(site_path: str) -> str:
     return fxsites.split_site(site_path)[0] if "::" in site_path else site_path
 
 
-def _io_shapes(model: nn.Module, paths: list[str], input_size: tuple[int, int, int],
-               expect: dict[str, list[int]] | None = None) -> dict[str, tuple[list[int], list[int]]]:
+def _io_shapes(
+    model: nn.Module, paths: list[str], input_size: tuple[int, int, int], expect: dict[str, list[int]] | None = None
+) -> dict[str, tuple[list[int], list[int]]]:
     """(input [C,H,W], output shape) of each module path on one zeros batch (first call). Paths that no longer
     resolve (inside a container that a pool-first rewrite wrapped: its block is checked instead) are skipped.
     With ``expect``, stop at the first path whose output differs (raising _Mismatch) before a later layer fails."""
     seen: dict[str, tuple[list[int], list[int]]] = {}
     handles = []
     for path in set(paths):
+
         def hook(_m, args, out, path=path):
             x = args[0] if args and isinstance(args[0], torch.Tensor) else None
             shape = list(out.shape[1:]) if isinstance(out, torch.Tensor) else []
             seen.setdefault(path, (list(x.shape[1:]) if x is not None else [], shape))
             if expect is not None and path in expect and expect[path] != shape:
                 raise _Mismatch(path, shape)
+
         try:
             target = model.get_submodule(path) if path else model
         except AttributeError:
@@ -142,8 +157,10 @@ def _io_shapes(model: nn.Module, paths: list[str], input_size: tuple[int, int, i
 
 def _example(model: nn.Module, input_size: tuple[int, int, int], batch: int = 2, random: bool = False) -> torch.Tensor:
     param = next(model.parameters(), None)
-    kw = {"device": param.device if param is not None else "cpu",
-          "dtype": param.dtype if param is not None and param.is_floating_point() else torch.float32}
+    kw = {
+        "device": param.device if param is not None else "cpu",
+        "dtype": param.dtype if param is not None and param.is_floating_point() else torch.float32,
+    }
     if random:
         return torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0)).to(**kw)
     return torch.zeros(batch, *input_size, **kw)
@@ -177,8 +194,9 @@ def _rule(site: Site, module: nn.Module, call: tuple[str, tuple, dict] | None = 
     return rule_of(get_submodule(module, site.path))
 
 
-def _window_params(name: str, params: dict[str, Any], rule: GridRule | None, where: str,
-                   record: dict[str, Any]) -> dict[str, Any]:
+def _window_params(
+    name: str, params: dict[str, Any], rule: GridRule | None, where: str, record: dict[str, Any]
+) -> dict[str, Any]:
     """Fill kernel/stride/padding (and ceil mode or a run-time pad) so that a windowed operator keeps the grid.
     ``where``: "after" (follows a stride-1 conv), "before" (pools the site's input), or "pool" (replaces a pool)."""
     if not is_windowed(name) or rule is None:
@@ -194,8 +212,12 @@ def _window_params(name: str, params: dict[str, Any], rule: GridRule | None, whe
         if rule.kind == "ceil" and takes_ceil_mode(name):
             params = {**params, "ceil_mode": True}
         else:
-            record["pad"] = {"kind": rule.kind, "kernel": list(rule.kernel), "stride": list(rule.stride),
-                             "padding": list(rule.padding)}
+            record["pad"] = {
+                "kind": rule.kind,
+                "kernel": list(rule.kernel),
+                "stride": list(rule.stride),
+                "padding": list(rule.padding),
+            }
             q = (0, 0)
     if any(2 * qq > ww for qq, ww in zip(q, w)):  # PyTorch pools allow padding ≤ kernel/2: pad at run time instead
         record["pad"] = {"kind": rule.kind, "kernel": list(w), "stride": list(rule.stride), "padding": list(q)}
@@ -206,22 +228,35 @@ def _window_params(name: str, params: dict[str, Any], rule: GridRule | None, whe
 def _check_window(name: str, params: dict[str, Any], path: str, rule: GridRule | None) -> None:
     stride = params.get("stride", rule.stride if rule is not None else 1)  # a stride left out is the site's
     if is_windowed(name) and "kernel" in params and window_area(params["kernel"]) == 1 and max(pair(stride)) > 1:
-        raise BadInputError(f"{name} with a 1×1 window at {path} only subsamples, as the strided site already does: the "
-                            "swap would not change the function; drop kernel= (convert picks a grid-keeping window) or give kernel≥2")
+        raise BadInputError(
+            f"{name} with a 1×1 window at {path} only subsamples, as the strided site already does: the "
+            "swap would not change the function; drop kernel= (convert picks a grid-keeping window) or give kernel≥2"
+        )
 
 
 class _Builder:
-    def __init__(self, module: nn.Module, report: SiteReport, input_size: tuple[int, int, int], trainable: bool, recipe: str):
+    def __init__(
+        self, module: nn.Module, report: SiteReport, input_size: tuple[int, int, int], trainable: bool, recipe: str
+    ):
         if recipe not in RECIPES:
-            raise BadInputError(f"unknown recipe '{recipe}': use 'after' (pool after each strided conv) or 'first' "
-                                "(pool the stage's input, convs at stride 1)")
-        self.module, self.report, self.input_size, self.trainable, self.recipe = module, report, input_size, trainable, recipe
+            raise BadInputError(
+                f"unknown recipe '{recipe}': use 'after' (pool after each strided conv) or 'first' "
+                "(pool the stage's input, convs at stride 1)"
+            )
+        self.module, self.report, self.input_size, self.trainable, self.recipe = (
+            module,
+            report,
+            input_size,
+            trainable,
+            recipe,
+        )
         self.plans: list[_Plan] = []
         self.taken: set[str] = set()
 
     # -- one (site or alias, operator) pair -------------------------------------------------------------
     def add(self, site_text: str, spec: str) -> None:
         name, params = parse_op_spec(spec)
+        params = validate_params(name, params)  # typed and range-checked before any grid arithmetic
         if site_text.startswith("@down"):
             site = self.report.resolve(site_text, self.module)  # unknown aliases fail here, listing the known ones
             sites = [s for s in self.report.sites if s.stage == site.stage and s.role == "downsample"]
@@ -245,8 +280,10 @@ class _Builder:
         functional = "::" in path
         old = None if functional else get_submodule(self.module, path)
         if functional and site.swappable_by != "fx":
-            raise BadInputError(f"the functional call at {path} cannot be swapped: its module's forward does not trace "
-                                "with torch.fx; swap a module site instead (see 'poolcli inspect')")
+            raise BadInputError(
+                f"the functional call at {path} cannot be swapped: its module's forward does not trace "
+                "with torch.fx; swap a module site instead (see 'poolcli inspect')"
+            )
         call = fxsites.call_arguments(path, self.module) if functional else None  # one trace for rule and stand-in
         rule = _rule(site, self.module, call) if site.role == "downsample" else None
         conv = old is not None and is_strided_conv(old)
@@ -257,7 +294,11 @@ class _Builder:
             mode, where = "replace", "pool"
         params = dict(params)
         if takes_channels(name) and "channels" not in params:
-            c = site.in_shape[0] if (mode == "before" and site.in_shape) else (site.out_shape[0] if site.out_shape else None)
+            c = (
+                site.in_shape[0]
+                if (mode == "before" and site.in_shape)
+                else (site.out_shape[0] if site.out_shape else None)
+            )
             if c is not None:
                 params["channels"] = int(c)
         params = _window_params(name, params, rule, where, record)
@@ -282,8 +323,10 @@ class _Builder:
         shapes = _io_shapes(self.module, [block], self.input_size).get(block)
         if not shapes or shapes[0][1:] != key[0] or shapes[1][1:] != key[1]:
             where = block or "the whole model"
-            raise BadInputError(f"recipe 'first' needs one module whose input is the stage's input: the sites of {alias} "
-                                f"({', '.join(s.path for s in sites)}) meet only at {where}; use --recipe after")
+            raise BadInputError(
+                f"recipe 'first' needs one module whose input is the stage's input: the sites of {alias} "
+                f"({', '.join(s.path for s in sites)}) meet only at {where}; use --recipe after"
+            )
         primary = max(sites, key=lambda s: window_area(s.kernel or [1, 1]))
         rule = _rule(primary, self.module)
         for s in sites:
@@ -308,30 +351,47 @@ class _Builder:
             raise BadInputError(f"bad --swap '{spec}': learned:FILE takes only trainable=true|false")
         tensors, meta = read_pooling(source)
         at, fitted = meta.get("at", "input"), meta.get("site")
-        target = next((s for s in sites if s.path == fitted), None) if fitted else (sites[0] if len(sites) == 1 else None)
+        target = (
+            next((s for s in sites if s.path == fitted), None) if fitted else (sites[0] if len(sites) == 1 else None)
+        )
         if target is None:
             where = ", ".join(s.path for s in sites)
-            raise BadInputError(f"{source} was fitted at site {fitted}, not at {where}; swap it at {fitted} or fit one for {sites[0].path}")
+            raise BadInputError(
+                f"{source} was fitted at site {fitted}, not at {where}; swap it at {fitted} or fit one for "
+                f"{sites[0].path}"
+            )
         old = get_submodule(self.module, target.path) if "::" not in target.path else None
         if at == "output":
-            raise BadInputError(f"{source} pools the output of {target.path}, which would change the grid after it; "
-                                "fit with --at input (replace the site) or --at destrided (strided conv at stride 1 + pooling)")
+            raise BadInputError(
+                f"{source} pools the output of {target.path}, which would change the grid after it; "
+                "fit with --at input (replace the site) or --at destrided (strided conv at stride 1 + pooling)"
+            )
         if at == "destrided" and not (old is not None and is_strided_conv(old)):
             raise BadInputError(f"{source} was fitted --at destrided, but {target.path} is not a strided conv")
         grid = list(meta["in_grid"])
         if at == "input" and target.in_shape and target.in_shape[1:] != grid:
-            raise BadInputError(f"{source} was fitted for a {grid[0]}×{grid[1]} grid but {target.path} sees "
-                                f"{target.in_shape[1]}×{target.in_shape[2]}; fit it on this model (and input size) at {target.path}")
+            raise BadInputError(
+                f"{source} was fitted for a {grid[0]}×{grid[1]} grid but {target.path} sees "
+                f"{target.in_shape[1]}×{target.in_shape[2]}; fit it on this model (and input size) at {target.path}"
+            )
         pool = LearnedLinearPool.from_tensors(tensors, meta, trainable=want_trainable)
-        record = {"site": target.path, "op": "learned", "params": pool.spec_params(),
-                  "mode": "destride" if at == "destrided" else "replace", "source": Path(source).name, "recipe": "learned"}
+        record = {
+            "site": target.path,
+            "op": "learned",
+            "params": pool.spec_params(),
+            "mode": "destride" if at == "destrided" else "replace",
+            "source": Path(source).name,
+            "recipe": "learned",
+        }
         self.plans.append(_Plan(record, pool, target, alias, source=source))
         for s in sites:
             if s is target:
                 continue
             if s.in_shape[1:] != grid and at == "input":
-                raise BadInputError(f"{s.path} (same stage as {target.path}) sees a {s.in_shape[1]}×{s.in_shape[2]} grid, not the "
-                                    f"{grid[0]}×{grid[1]} the learned pooling was fitted on; swap {target.path} alone by its path")
+                raise BadInputError(
+                    f"{s.path} (same stage as {target.path}) sees a {s.in_shape[1]}×{s.in_shape[2]} grid, not the "
+                    f"{grid[0]}×{grid[1]} the learned pooling was fitted on; swap {target.path} alone by its path"
+                )
             mp = LearnedMapPool.from_learned(pool)
             mode = "before" if "::" not in s.path and is_strided_conv(get_submodule(self.module, s.path)) else "replace"
             rec = {"site": s.path, "op": "learned_map", "params": mp.spec_params(), "mode": mode, "recipe": "learned"}
@@ -339,7 +399,14 @@ class _Builder:
 
 
 def _shape_hint(record: dict[str, Any], site: Site | None, before: list[int], after: list[int]) -> str:
-    if record.get("op") == "learned" and record["mode"] == "replace" and before and after and before[1:] == after[1:] and site:
+    if (
+        record.get("op") == "learned"
+        and record["mode"] == "replace"
+        and before
+        and after
+        and before[1:] == after[1:]
+        and site
+    ):
         c_in, c_out = site.in_shape[0] if site.in_shape else None, before[0]
         if c_in and c_out % c_in == 0:
             return f"; fit with --eigvecs {c_out // c_in} so that k·{c_in} = {c_out} channels"
@@ -347,11 +414,23 @@ def _shape_hint(record: dict[str, Any], site: Site | None, before: list[int], af
     if before and after and before[0] == after[0] and before[1:] != after[1:]:
         if any(k in record.get("params", {}) for k in _WINDOW_KEYS) and is_windowed(record.get("op", "")):
             return "; the grid differs: drop kernel=/stride=/padding= so that convert picks a grid-keeping window"
+        if record.get("op") in ("learned", "learned_map"):
+            return (
+                f"; the pooling file maps to a {after[1]}×{after[2]} grid but the site's output is "
+                f"{before[1]}×{before[2]}: refit it for this site with fit-pooling (without --stride, or with the "
+                "site's stride)"
+            )
         if not is_windowed(record.get("op", "")):
-            return f"; {record.get('op')} is a global pool: at a downsampling site use avg, max, ppool, softpool, lp or blur"
+            return (
+                f"; {record.get('op')} is a global pool: at a downsampling site use avg, max, ppool, softpool, lp "
+                "or blur"
+            )
         return "; the grid differs (see 'poolcli inspect' for the site's kernel/stride)"
     if before and after and before[0] != after[0]:
-        return f"; the channels differ ({after[0]} vs {before[0]}): set dim={before[0]} or channels={before[0]} on the operator"
+        return (
+            f"; the channels differ ({after[0]} vs {before[0]}): set dim={before[0]} or channels={before[0]} on "
+            "the operator"
+        )
     return ""
 
 
@@ -361,8 +440,9 @@ class _Mismatch(Exception):
         self.path, self.shape = path, shape
 
 
-def _site_outputs(model: nn.Module, paths: list[str], input_size: tuple[int, int, int],
-                  expect: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+def _site_outputs(
+    model: nn.Module, paths: list[str], input_size: tuple[int, int, int], expect: dict[str, list[int]] | None = None
+) -> dict[str, list[int]]:
     """Output shape ([C, H, W]) of each module path (see :func:`_io_shapes`)."""
     return {p: out for p, (_, out) in _io_shapes(model, paths, input_size, expect).items()}
 
@@ -377,18 +457,24 @@ def _check_gradients(model: nn.Module, ops: list[tuple[str, nn.Module]], input_s
 
     def record(mod: nn.Module, args: tuple) -> None:  # returns None: the operator's input is left as it is
         inputs.setdefault(id(mod), (args[0].shape, args[0].dtype, args[0].device))
+
     handles = [m.register_forward_pre_hook(record) for _, m in ops]
     was = model.training
     model.eval()
     try:
         model.zero_grad(set_to_none=True)
         out = model(_example(model, input_size, random=True))
-        out = out if isinstance(out, torch.Tensor) else next(t for t in (out.values() if isinstance(out, dict) else out)
-                                                               if isinstance(t, torch.Tensor))
+        out = (
+            out
+            if isinstance(out, torch.Tensor)
+            else next(t for t in (out.values() if isinstance(out, dict) else out) if isinstance(t, torch.Tensor))
+        )
         (out.float() * torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)).sum().backward()
     except RuntimeError as e:
-        raise RunError(f"the converted model fails in backward ({str(e).strip().splitlines()[0][:200]}); report it with the "
-                       "model and --swap, and use another operator meanwhile") from None
+        raise RunError(
+            f"the converted model fails in backward ({str(e).strip().splitlines()[0][:200]}); report it with the "
+            "model and --swap, and use another operator meanwhile"
+        ) from None
     finally:
         for h in handles:
             h.remove()
@@ -411,21 +497,34 @@ def _check_gradients(model: nn.Module, ops: list[tuple[str, nn.Module]], input_s
         finally:
             m.train(was)
         if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
-            why = (" (it sees a 1×1 map at this input size: give a larger --input-size)" if len(shape) == 4
-                   and tuple(shape[-2:]) == (1, 1) else "")
-            raise BadInputError(f"the operator swapped in at {path} gets no gradient: it cannot change what the model "
-                                f"computes there{why}; choose another site or operator")
+            why = (
+                " (it sees a 1×1 map at this input size: give a larger --input-size)"
+                if len(shape) == 4 and tuple(shape[-2:]) == (1, 1)
+                else ""
+            )
+            raise BadInputError(
+                f"the operator swapped in at {path} gets no gradient: it cannot change what the model "
+                f"computes there{why}; choose another site or operator"
+            )
 
 
 def _notes(name: str, op: nn.Module | None) -> str:
     if name == "gsp" and op is not None and not bool(getattr(op, "initialized", torch.tensor(True))):
-        return ("GSP is global average pooling until its prototypes are set: by finetune after 1024 training images, "
-                "or now with convert --init-data")
+        return (
+            "GSP is global average pooling until its prototypes are set: by finetune after 1024 training images, "
+            "or now with convert --init-data"
+        )
     return ""
 
 
-def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool = False,
-            report: SiteReport | None = None, seed: int = 0, recipe: str = "after") -> tuple[ModelBundle, list[SwapResult]]:
+def convert(
+    bundle: ModelBundle,
+    swaps: list[tuple[str, str]],
+    trainable: bool = False,
+    report: SiteReport | None = None,
+    seed: int = 0,
+    recipe: str = "after",
+) -> tuple[ModelBundle, list[SwapResult]]:
     """A new bundle with ``swaps`` (``[(site or alias, op_spec), ...]``) applied; ``bundle`` is left untouched.
 
     New operators' random initialisation (P-pooling's side branch, GSP's projection) is drawn from ``seed``.
@@ -440,8 +539,13 @@ def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool =
         for one in expand_sites(site_text, report):
             builder.add(one, spec)
     checked = [p.record["site"] for p in builder.plans if "::" not in p.record["site"]]
-    wrapped = [p.record["site"] + "." for p in builder.plans if p.record["mode"] == "before" and "::" not in p.record["site"]
-               and isinstance(module.get_submodule(p.record["site"]), ITERATING_CONTAINERS)]
+    wrapped = [
+        p.record["site"] + "."
+        for p in builder.plans
+        if p.record["mode"] == "before"
+        and "::" not in p.record["site"]
+        and isinstance(module.get_submodule(p.record["site"]), ITERATING_CONTAINERS)
+    ]
     checked = sorted(c for c in set(checked) if not any(c.startswith(w) for w in wrapped))
     before = _site_outputs(bundle.module, checked, bundle.input_size)
     results, new_ops = [], []
@@ -463,20 +567,36 @@ def convert(bundle: ModelBundle, swaps: list[tuple[str, str]], trainable: bool =
         else:
             desc, p_after = type(now).__name__, _params(now)
         site = plan.site
-        results.append(SwapResult(site=plan.record["site"], alias=plan.alias, kind=site.kind if site else "stage-input",
-                                  old=type(old).__name__ if old is not None else (site.op if site else "-"), new=desc,
-                                  mode=plan.record["mode"], shape=[], params_before=p_before, params_after=p_after,
-                                  source=plan.source, recipe=plan.record.get("recipe"), note=_notes(plan.record.get("op", ""), plan.op)))
+        results.append(
+            SwapResult(
+                site=plan.record["site"],
+                alias=plan.alias,
+                kind=site.kind if site else "stage-input",
+                old=type(old).__name__ if old is not None else (site.op if site else "-"),
+                new=desc,
+                mode=plan.record["mode"],
+                shape=[],
+                params_before=p_before,
+                params_after=p_after,
+                source=plan.source,
+                recipe=plan.record.get("recipe"),
+                note=_notes(plan.record.get("op", ""), plan.op),
+            )
+        )
     try:
         after = _site_outputs(module, checked, bundle.input_size, expect=before)
     except _Mismatch as m:
         plan = next(p for p in builder.plans if p.record["site"] == m.path)
         b = before[m.path]
-        raise BadInputError(f"{plan.record.get('op', plan.record['mode'])} at {m.path} gives {'×'.join(map(str, m.shape))} but the "
-                            f"model needs {'×'.join(map(str, b))} there" + _shape_hint(plan.record, plan.site, b, m.shape)) from None
+        raise BadInputError(
+            f"{plan.record.get('op', plan.record['mode'])} at {m.path} gives {'×'.join(map(str, m.shape))} but the "
+            f"model needs {'×'.join(map(str, b))} there" + _shape_hint(plan.record, plan.site, b, m.shape)
+        ) from None
     except (RuntimeError, ValueError, AssertionError) as e:
-        raise BadInputError(f"the converted model does not run: {str(e).strip().splitlines()[0][:200]}; check the swaps' "
-                            "shapes with 'poolcli inspect'") from None
+        raise BadInputError(
+            f"the converted model does not run: {str(e).strip().splitlines()[0][:200]}; check the swaps' "
+            "shapes with 'poolcli inspect'"
+        ) from None
     _check_stages(module, report, builder, bundle.input_size)
     _check_gradients(module, new_ops, bundle.input_size)
     for res in results:
@@ -499,5 +619,8 @@ def _check_stages(module: nn.Module, report: SiteReport, builder: _Builder, inpu
     for s in new_report.sites:
         key = (tuple(s.in_shape[1:]), tuple(s.out_hw))
         if s.kind == "strided-conv" and key in keys:
-            raise RunError(f"after the swap at {keys[key]}, {s.path} still downsamples by a strided conv; report it with the model "
-                           "name, and swap that site by its path meanwhile")
+            raise RunError(
+                f"after the swap at {keys[key]}, {s.path} still downsamples by a strided conv; report it with the "
+                "model "
+                "name, and swap that site by its path meanwhile"
+            )

@@ -9,6 +9,7 @@ owner's class is replaced by a subclass whose ``forward`` is the rewritten graph
 attribute, method and state_dict key it had; the new module's tensors join the state_dict. Loading a
 checkpoint replays the same rewrite from the manifest (see ``surgery.apply_swaps``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -65,8 +66,10 @@ def trace_owner(owner: nn.Module, path: str) -> fx.GraphModule:
         graph = _OwnCodeOnly().trace(owner)
     except Exception as e:  # noqa: BLE001 - data-dependent control flow, unsupported Python, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise BadInputError(f"the functional call at {path} cannot be swapped: its module's forward does not trace with "
-                            f"torch.fx ({first}); swap a module site instead (see 'poolcli inspect')") from None
+        raise BadInputError(
+            f"the functional call at {path} cannot be swapped: its module's forward does not trace with "
+            f"torch.fx ({first}); swap a module site instead (see 'poolcli inspect')"
+        ) from None
     return fx.GraphModule(owner, graph, class_name=type(owner).__name__)
 
 
@@ -77,7 +80,9 @@ def find_call(owner: nn.Module, path: str) -> tuple[fx.GraphModule, fx.Node]:
     for node in gm.graph.nodes:
         if _matches(node, name):
             return gm, node
-    raise BadInputError(f"no {name} call found in the forward of {path.split('::')[0]}; run 'poolcli inspect' for its sites")
+    raise BadInputError(
+        f"no {name} call found in the forward of {path.split('::')[0]}; run 'poolcli inspect' for its sites"
+    )
 
 
 def call_arguments(path: str, model: nn.Module) -> tuple[str, tuple, dict]:
@@ -124,8 +129,16 @@ def rewrite_call(model: nn.Module, path: str, new: nn.Module, global_pool: bool)
     gm.graph.lint()
     gm.recompile()
     cls = type(owner)
-    patched = type(cls.__name__, (cls,), {"forward": type(gm).forward, "__module__": cls.__module__,
-                                           "__qualname__": cls.__qualname__, "_poolcli_fx": True})
+    patched = type(
+        cls.__name__,
+        (cls,),
+        {
+            "forward": type(gm).forward,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "_poolcli_fx": True,
+        },
+    )
     owner.__class__ = patched
     return f"{owner_path}.{attr}" if owner_path else attr
 

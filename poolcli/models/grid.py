@@ -20,6 +20,7 @@ Two facts make grid-keeping swaps possible at every input size (both proved over
 The ceil rule cannot be met by static symmetric padding; pools that have no ``ceil_mode`` get it through
 :class:`PadTo`, which adds the missing rows/columns at the bottom/right at run time.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,13 +68,17 @@ class GridRule:
         dims = []
         for i, n in enumerate((h, w)):
             k, s, p = self.kernel[i], self.stride[i], self.padding[i]
-            dims.append(same_out(n, s) if self.kind == "same" else (ceil_out if self.kind == "ceil" else floor_out)(n, k, s, p))
+            dims.append(
+                same_out(n, s) if self.kind == "same" else (ceil_out if self.kind == "ceil" else floor_out)(n, k, s, p)
+            )
         return dims[0], dims[1]
 
     @property
     def centred(self) -> bool:
         """True when any centred odd window with this stride reproduces the rule (SAME, or 2p = k − 1)."""
-        return self.kind == "same" or (self.kind == "floor" and all(2 * p == k - 1 for k, p in zip(self.kernel, self.padding)))
+        return self.kind == "same" or (
+            self.kind == "floor" and all(2 * p == k - 1 for k, p in zip(self.kernel, self.padding))
+        )
 
     def before_window(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """(window, padding) of a pool on the site's *input* that gives the site's grid (floor/same rules)."""

@@ -10,6 +10,7 @@ Aliases: ``@global`` is the head pool; ``@downK`` is the K-th resolution-reducin
 order (sites that map the same input grid to the same output grid, like a ResNet block's strided
 conv and its strided shortcut, form one stage; its first site is the primary one).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,20 +27,40 @@ from ..ops.windows import pair
 from .grid import bind_pool_call
 
 _POOL_MODULES: tuple[type, ...] = (
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d, nn.FractionalMaxPool2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.LPPool2d,
+    nn.FractionalMaxPool2d,
 )
 _POOL_MODULE_NAMES = {  # timm and poolcli classes, matched by name to avoid hard imports
-    "SelectAdaptivePool2d", "MaxPool2dSame", "AvgPool2dSame", "BlurPool2d", "AdaptiveAvgMaxPool2d",
-    "AdaptiveCatAvgMaxPool2d", "FastAdaptiveAvgPool", "LsePlus2d", "SimPool2d", "AttentionPool2d",
+    "SelectAdaptivePool2d",
+    "MaxPool2dSame",
+    "AvgPool2dSame",
+    "BlurPool2d",
+    "AdaptiveAvgMaxPool2d",
+    "AdaptiveCatAvgMaxPool2d",
+    "FastAdaptiveAvgPool",
+    "LsePlus2d",
+    "SimPool2d",
+    "AttentionPool2d",
 }
 _POOL_FUNCS = {
-    F.max_pool2d: "max_pool2d", F.avg_pool2d: "avg_pool2d", F.adaptive_avg_pool2d: "adaptive_avg_pool2d",
-    F.adaptive_max_pool2d: "adaptive_max_pool2d", F.lp_pool2d: "lp_pool2d",
+    F.max_pool2d: "max_pool2d",
+    F.avg_pool2d: "avg_pool2d",
+    F.adaptive_avg_pool2d: "adaptive_avg_pool2d",
+    F.adaptive_max_pool2d: "adaptive_max_pool2d",
+    F.lp_pool2d: "lp_pool2d",
     torch.max_pool2d: "max_pool2d",
 }
 _REDUCE_FUNCS = {
-    torch.Tensor.mean: "mean", torch.mean: "mean", torch.Tensor.amax: "amax", torch.amax: "amax",
-    torch.Tensor.sum: "sum", torch.sum: "sum",
+    torch.Tensor.mean: "mean",
+    torch.mean: "mean",
+    torch.Tensor.amax: "amax",
+    torch.amax: "amax",
+    torch.Tensor.sum: "sum",
+    torch.sum: "sum",
 }
 
 
@@ -132,8 +153,12 @@ class SiteReport:
             if s.path == text:
                 return s
         if model is not None and text in dict(model.named_modules()) and text:
-            return Site(path=text, kind="module", op=type(model.get_submodule(text)).__name__, in_shape=[], out_shape=[])
-        raise BadInputError(f"unknown site '{text}': not a module of this model; run 'poolcli inspect' to list sites and aliases")
+            return Site(
+                path=text, kind="module", op=type(model.get_submodule(text)).__name__, in_shape=[], out_shape=[]
+            )
+        raise BadInputError(
+            f"unknown site '{text}': not a module of this model; run 'poolcli inspect' to list sites and aliases"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,13 +230,29 @@ class _Recorder(TorchFunctionMode):
             in_shape = _shape(x)
             if is_channels_last_pool(m) and len(in_shape) == 3:  # timm's Swin/MaxViT heads
                 in_shape = [in_shape[2], in_shape[0], in_shape[1]]
-            site = Site(path=path, kind="local-pool", op=type(m).__name__, in_shape=in_shape, out_shape=_shape(y),
-                        kernel=_attr_pair(m, "kernel_size"), stride=_attr_pair(m, "stride"), macs=macs)
+            site = Site(
+                path=path,
+                kind="local-pool",
+                op=type(m).__name__,
+                in_shape=in_shape,
+                out_shape=_shape(y),
+                kernel=_attr_pair(m, "kernel_size"),
+                stride=_attr_pair(m, "stride"),
+                macs=macs,
+            )
             if site.is_global or ("Adaptive" in type(m).__name__ and site.out_hw == (1, 1)):
                 site.kind = "global-pool"
         elif is_strided_conv(m) and not self._inside_pool():  # a pooling operator's own side branch is not a site
-            site = Site(path=path, kind="strided-conv", op="Conv2d", in_shape=_shape(x), out_shape=_shape(y),
-                        kernel=list(pair(m.kernel_size)), stride=list(pair(m.stride)), macs=macs)
+            site = Site(
+                path=path,
+                kind="strided-conv",
+                op="Conv2d",
+                in_shape=_shape(x),
+                out_shape=_shape(y),
+                kernel=list(pair(m.kernel_size)),
+                stride=list(pair(m.stride)),
+                macs=macs,
+            )
         else:
             return
         self.site_by_path[path] = site
@@ -238,8 +279,17 @@ class _Recorder(TorchFunctionMode):
             self.site_by_path[path].calls += 1
             return out
         window = _call_window(name, args, kwargs)
-        site = Site(path=path, kind="functional-pool", op=name, in_shape=_shape(x), out_shape=y_shape,
-                    macs=int(x[0].numel()), swappable_by="none", kernel=window[0], stride=window[1])
+        site = Site(
+            path=path,
+            kind="functional-pool",
+            op=name,
+            in_shape=_shape(x),
+            out_shape=y_shape,
+            macs=int(x[0].numel()),
+            swappable_by="none",
+            kernel=window[0],
+            stride=window[1],
+        )
         self.site_by_path[path] = site
         self.sites.append((self.clock, site))
         return out
@@ -292,7 +342,9 @@ def _module_macs(m: nn.Module, x: Any, y: Any) -> int:
     return 0
 
 
-def discover_sites(model: nn.Module, input_size: tuple[int, int, int], device: str | torch.device = "cpu") -> SiteReport:
+def discover_sites(
+    model: nn.Module, input_size: tuple[int, int, int], device: str | torch.device = "cpu"
+) -> SiteReport:
     """Run one forward pass at ``input_size`` (batch 1, eval mode) and list the sites."""
     was_training = model.training
     model.eval()
@@ -318,8 +370,12 @@ def discover_sites(model: nn.Module, input_size: tuple[int, int, int], device: s
     _assign_roles(sites, ends, rec.spatial_events)
     stages = _assign_stages(sites)
     called = set(rec.calls)
-    unused = [n for n, m in model.named_modules() if n and n not in called and (is_pool_module(m) or is_strided_conv(m))]
-    return SiteReport(sites=sites, total_macs=rec.macs_total, input_size=tuple(input_size), unused_pools=unused, stages=stages)
+    unused = [
+        n for n, m in model.named_modules() if n and n not in called and (is_pool_module(m) or is_strided_conv(m))
+    ]
+    return SiteReport(
+        sites=sites, total_macs=rec.macs_total, input_size=tuple(input_size), unused_pools=unused, stages=stages
+    )
 
 
 def _mark_fx(model: nn.Module, sites: list[Site]) -> None:

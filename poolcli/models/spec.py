@@ -3,6 +3,7 @@
 Nothing is downloaded: timm and torchvision models are built with random weights and get their
 weights from ``--weights FILE`` (``.safetensors``, or ``.pt/.pth`` read with ``weights_only=True``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -13,6 +14,7 @@ from torch import nn
 
 from ..errors import BadInputError
 from .bundle import ModelBundle
+from .manifest import MAX_CHANNELS, MAX_CLASSES
 from .weights import load_state_dict_strict, read_state_dict
 from .zoo import ZOO
 
@@ -46,14 +48,18 @@ def build_base(source: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
         import timm
 
         if not timm.is_model(name):
-            raise BadInputError(f"unknown timm model '{name}'{_suggest(name, timm.list_models())}; see timm.list_models()")
+            raise BadInputError(
+                f"unknown timm model '{name}'{_suggest(name, timm.list_models())}; see timm.list_models()"
+            )
         return timm.create_model(name, pretrained=False, **kwargs)
     if source == "tv":
         import torchvision
 
         names = torchvision.models.list_models()
         if name not in names:
-            raise BadInputError(f"unknown torchvision model '{name}'{_suggest(name, names)}; see torchvision.models.list_models()")
+            raise BadInputError(
+                f"unknown torchvision model '{name}'{_suggest(name, names)}; see torchvision.models.list_models()"
+            )
         kw = dict(kwargs)
         if name in ("googlenet", "inception_v3"):
             kw.setdefault("aux_logits", False)
@@ -61,12 +67,16 @@ def build_base(source: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
         return torchvision.models.get_model(name, weights=None, **kw)
     if source == "poolcli":
         if name not in ZOO:
-            raise BadInputError(f"unknown poolcli model '{name}'{_suggest(name, list(ZOO))}; choose one of {', '.join(ZOO)}")
+            raise BadInputError(
+                f"unknown poolcli model '{name}'{_suggest(name, list(ZOO))}; choose one of {', '.join(ZOO)}"
+            )
         return ZOO[name](**kwargs)
     raise BadInputError(f"unknown model source '{source}': use one of {', '.join(SOURCES)}")
 
 
-def _defaults(source: str, name: str, module: nn.Module, in_chans: int) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
+def _defaults(
+    source: str, name: str, module: nn.Module, in_chans: int
+) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
     if source == "timm":
         cfg = getattr(module, "pretrained_cfg", {}) or {}
         size = tuple(cfg.get("input_size", (3, 224, 224)))
@@ -100,12 +110,16 @@ def build_model(
         from .checkpoint import load_checkpoint
 
         if num_classes is not None or in_chans is not None:
-            raise BadInputError(f"--num-classes/--in-chans apply to timm:/tv:/poolcli: specs, not to the checkpoint {spec}")
+            raise BadInputError(
+                f"--num-classes/--in-chans apply to timm:/tv:/poolcli: specs, not to the checkpoint {spec}"
+            )
         bundle = load_checkpoint(spec)
         if weights is not None:
             load_state_dict_strict(bundle.module, read_state_dict(weights), str(weights), spec)
         if input_size is not None:
-            bundle.input_size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(input_size)
+            size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(input_size)
+            _check_channels(size, bundle.input_size[0], spec)
+            bundle.input_size = size
         return bundle
 
     source, name = spec.split(":", 1)
@@ -113,20 +127,38 @@ def build_model(
         raise BadInputError(f"model spec '{spec}' names no model: write {source}:NAME")
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
+        if not 1 <= int(num_classes) <= MAX_CLASSES:
+            raise BadInputError(
+                f"--num-classes must be between 1 and {MAX_CLASSES:,}, got {num_classes} "
+                "(poolcli's models end in a classifier)"
+            )
         kwargs["num_classes"] = int(num_classes)
     if in_chans is not None:
         if source == "tv":
             raise BadInputError("torchvision models take 3 input channels; drop --in-chans or use a timm: model")
+        if not 1 <= int(in_chans) <= MAX_CHANNELS:
+            raise BadInputError(f"--in-chans must be between 1 and {MAX_CHANNELS}, got {in_chans}")
         kwargs["in_chans"] = int(in_chans)
     module = build_base(source, name, kwargs)
     size_default, mean, std = _defaults(source, name, module, in_chans or _first_conv_channels(module, source))
-    size = parse_input_size(input_size) if isinstance(input_size, str) else (tuple(input_size) if input_size else size_default)
+    size = (
+        parse_input_size(input_size)
+        if isinstance(input_size, str)
+        else (tuple(input_size) if input_size else size_default)
+    )
+    _check_channels(size, size_default[0], spec)
     if tuple(size[1:]) != tuple(size_default[1:]):
         module = _build_for_size(source, name, kwargs, module, size, size_default)
     if weights is not None:
         load_state_dict_strict(module, read_state_dict(weights), str(weights), spec)
-    bundle = ModelBundle(module=module, base={"source": source, "name": name, "kwargs": kwargs},
-                         input_size=size, mean=mean, std=std, spec=spec)
+    bundle = ModelBundle(
+        module=module,
+        base={"source": source, "name": name, "kwargs": kwargs},
+        input_size=size,
+        mean=mean,
+        std=std,
+        spec=spec,
+    )
     if bundle.num_classes is None:
         bundle.base["kwargs"]["num_classes"] = _infer_num_classes(module)
     return bundle
@@ -135,8 +167,14 @@ def build_model(
 _TV_SIZE_ARG = {"maxvit_t": "input_size"}  # torchvision models built for one input size, and the argument that sets it
 
 
-def _build_for_size(source: str, name: str, kwargs: dict[str, Any], module: nn.Module, size: tuple[int, int, int],
-                    default: tuple[int, int, int]) -> nn.Module:
+def _build_for_size(
+    source: str,
+    name: str,
+    kwargs: dict[str, Any],
+    module: nn.Module,
+    size: tuple[int, int, int],
+    default: tuple[int, int, int],
+) -> nn.Module:
     """Rebuild models whose position embeddings / attention biases are made for one input size (timm's ViT,
     DeiT, Swin, LeViT, CoAtNet, MaxViT ...; torchvision's ViT and MaxViT) for the size asked; ``kwargs`` records
     the argument so that a checkpoint rebuilds the same model. CNNs, which take any size, are left as they are."""
@@ -159,10 +197,21 @@ def _build_for_size(source: str, name: str, kwargs: dict[str, Any], module: nn.M
         raise
     except (AssertionError, ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise BadInputError(f"{source}:{name} cannot be built for a {h}×{w} input ({first}); pass an --input-size it "
-                            f"supports (its default is {default[1]}×{default[2]})") from None
+        raise BadInputError(
+            f"{source}:{name} cannot be built for a {h}×{w} input ({first}); pass an --input-size it "
+            f"supports (its default is {default[1]}×{default[2]})"
+        ) from None
     kwargs[arg] = value
     return rebuilt
+
+
+def _check_channels(size: tuple[int, ...], channels: int, spec: str) -> None:
+    if int(size[0]) != int(channels):
+        fix = f"{channels}x{size[1]}x{size[2]}"
+        raise BadInputError(
+            f"--input-size {size[0]}x{size[1]}x{size[2]} has {size[0]} channels but {spec} takes {channels}; "
+            f"give --input-size {fix}" + ("" if is_checkpoint_spec(spec) else " (or build it with --in-chans)")
+        )
 
 
 def _first_conv_channels(module: nn.Module, source: str) -> int:

@@ -15,6 +15,7 @@ A swap record is ``{"site": path, "op": name, "params": {...}, "mode": MODE, ...
 Optional keys: ``flatten`` (the replaced head pool flattened: keep doing so), ``pad`` (a :class:`grid.PadTo`
 wrapper that meets a ceil-mode or SAME grid), ``global`` (a functional global call: match its output shape).
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,7 +56,9 @@ def destrided(conv: nn.Module) -> nn.Module:
     """A copy of a strided conv that runs at stride 1 with its own padding (same weights, dilation, groups);
     a SAME-padded timm conv pads for stride 1 by itself."""
     if not is_strided_conv(conv):
-        raise BadInputError(f"cannot destride a {type(conv).__name__}: only strided Conv2d sites run at stride 1 + pooling")
+        raise BadInputError(
+            f"cannot destride a {type(conv).__name__}: only strided Conv2d sites run at stride 1 + pooling"
+        )
     new = copy.deepcopy(conv)
     new.stride = (1, 1)
     return new
@@ -121,7 +124,9 @@ def apply_record(model: nn.Module, record: dict[str, Any], op: nn.Module | None)
     Returns what now sits at the site (for reporting)."""
     mode, path = record.get("mode", "replace"), record["site"]
     if mode not in MODES:
-        raise BadInputError(f"unknown swap mode '{mode}' ({', '.join(MODES)}); the checkpoint may come from a newer poolcli")
+        raise BadInputError(
+            f"unknown swap mode '{mode}' ({', '.join(MODES)}); the checkpoint may come from a newer poolcli"
+        )
     if op is not None:
         op = wrap_op(op, record)
         op._poolcli_swapped = True  # what finetune trains as "the pooling" (not the convs around it)
@@ -163,14 +168,14 @@ def swapped_operators(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def apply_swaps(model: nn.Module, swaps: list[dict[str, Any]]) -> None:
+def apply_swaps(model: nn.Module, swaps: list[dict[str, Any]], trusted: bool = False) -> None:
     """Replay a checkpoint's swap records in order (operators rebuilt from op + params; tensors come from
-    the state_dict afterwards)."""
+    the state_dict afterwards). ``trusted=False`` (a file's manifest): operator parameters never name files."""
     from ..ops.registry import build_op
 
     for swap in swaps:
         op = None
         if swap.get("mode", "replace") not in ("stride1", "identity"):
             replaced = None if "::" in swap["site"] else get_submodule(model, swap["site"])
-            op = build_op(swap["op"], dict(swap.get("params", {})), replaced=replaced)
+            op = build_op(swap["op"], dict(swap.get("params", {})), replaced=replaced, allow_files=trusted)
         apply_record(model, swap, op)

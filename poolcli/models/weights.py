@@ -2,17 +2,19 @@
 
 Key mismatches are reported by name; nothing is silently skipped with strict=False.
 """
+
 from __future__ import annotations
 
 import collections
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import BadInputError
-from ..io.tensorfile import read_tensors
+from ..io.tensorfile import check_readable, read_tensors
 
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "net", "weights")
 
@@ -23,19 +25,32 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         tensors, _ = read_tensors(path)
         return tensors
-    if not path.exists():
-        raise BadInputError(f"weights file not found: {path}; check the path")
+    check_readable(path, "a weights file (.safetensors, .pt, .pth)")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols would add lines to a one-line error
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        text = str(e).strip()
+        if "weights only load failed" not in text.lower():  # not torch's refusal: the bytes are no pickle
+            raise BadInputError(_unreadable(path, text)) from None
+        lines = [ln.strip().removeprefix("WeightsUnpickler error:").strip() for ln in text.splitlines()]
+        first = next((ln for ln in lines if ln.lower().startswith("unsupported")), "it names a class or function")
+        first = first.split(" was not an allowed")[0][:200]
         raise BadInputError(
             f"refusing to load {path}: it is a pickle that needs code to run ({first}); "
             "convert it to .safetensors in a trusted environment and pass that file"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise BadInputError(f"{path} is not a readable PyTorch weights file ({str(e).strip()[:160]}); it may be truncated or corrupt") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the unpickler raises KeyError/IndexError/struct.error... on garbage
+        raise BadInputError(_unreadable(path, f"{type(e).__name__}: {e}".strip())) from None
     return _flatten_checkpoint(obj, path)
+
+
+def _unreadable(path: Path, why: str) -> str:
+    why = why.splitlines()[0][:160] if why else "no detail"
+    return f"{path} is not a readable PyTorch weights file ({why}); it may be truncated or corrupt: re-save it"
 
 
 def _flatten_checkpoint(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -46,10 +61,12 @@ def _flatten_checkpoint(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 obj = inner
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise BadInputError(f"{path} holds no state_dict (a mapping of names to tensors); save model.state_dict() instead")
+        raise BadInputError(
+            f"{path} holds no state_dict (a mapping of names to tensors); save model.state_dict() instead"
+        )
     sd = dict(obj)
     if all(k.startswith("module.") for k in sd):  # DataParallel/DDP wrappers
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -68,11 +85,19 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
         if bad_shape:
             parts.append("shape mismatch " + ", ".join(bad_shape[:3]) + (" ..." if len(bad_shape) > 3 else ""))
         if missing:
-            parts.append(f"{len(missing)} missing (" + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "") + ")")
+            parts.append(
+                f"{len(missing)} missing (" + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "") + ")"
+            )
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (" + ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else "") + ")")
+            parts.append(
+                f"{len(unexpected)} unexpected ("
+                + ", ".join(unexpected[:3])
+                + (" ..." if len(unexpected) > 3 else "")
+                + ")"
+            )
         raise BadInputError(
-            f"weights in {source} do not fit {target}: " + "; ".join(parts)
+            f"weights in {source} do not fit {target}: "
+            + "; ".join(parts)
             + "; check the model name, --num-classes and --in-chans"
         )
     if getattr(state, "_metadata", None) is None:

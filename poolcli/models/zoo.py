@@ -5,9 +5,10 @@ then three stride-2 3×3 convs that double the channels, each followed by BatchN
 average pooling and a linear classifier. ``resnet_small`` is a CIFAR-style ResNet with one
 BasicBlock per stage and three resolution-halving stages, like the paper's ResNet on 32×32 inputs.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

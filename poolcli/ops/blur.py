@@ -5,6 +5,7 @@ stride 2; this subclass takes the padding the swap needs (``poolcli.models.grid`
 where the map is large enough for it and by replication otherwise (reflection needs pad < size, which
 fails on the 1×1 and 2×2 maps of small inputs), and keeps timm's binomial filter and buffers.
 """
+
 from __future__ import annotations
 
 import torch

@@ -2,6 +2,7 @@
 
 Global pools return [B, C, 1, 1] (flatten afterwards, like nn.AdaptiveAvgPool2d(1)).
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,9 @@ from torch import nn
 from .windows import out_size, pad, pair, taps
 
 
-def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6, kernel_size=None, stride=None) -> torch.Tensor:
+def gem(
+    x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6, kernel_size=None, stride=None
+) -> torch.Tensor:
     """Generalised mean (Radenović et al.): (mean x^p)^(1/p) over the whole map or over windows; x clamped at eps.
 
     Computed as c · (mean (x/c)^p)^(1/p) with c the map's max (detached; the mean is 1-homogeneous, so the value
@@ -22,7 +25,9 @@ def gem(x: torch.Tensor, p: torch.Tensor | float = 3.0, eps: float = 1e-6, kerne
     xc = x.clamp(min=eps)
     c = xc.detach().amax((2, 3), keepdim=True)
     xp = (xc / c).pow(p)
-    pooled = F.adaptive_avg_pool2d(xp, 1) if kernel_size is None else F.avg_pool2d(xp, kernel_size, stride or kernel_size)
+    pooled = (
+        F.adaptive_avg_pool2d(xp, 1) if kernel_size is None else F.avg_pool2d(xp, kernel_size, stride or kernel_size)
+    )
     return pooled.pow(1.0 / p) * c  # a fresh tensor: pow saves its result, which an in-place consumer must not change
 
 
@@ -126,12 +131,14 @@ def rmac_regions(h: int, w: int, levels: int = 3, overlap: float = 0.4) -> list[
         size = int(math.floor(2 * side / (level + 1)))
         if size < 1:
             break
-        def starts(total: int, n_extra: int) -> list[int]:
+
+        def starts(total: int, n_extra: int, level: int = level, size: int = size) -> list[int]:
             count = level + n_extra
             if count <= 1:
                 return [max(0, (total - size) // 2)]
             step = (total - size) / (count - 1)
             return [int(round(i * step)) for i in range(count)]
+
         for top in starts(h, ex_h):
             for left in starts(w, ex_w):
                 regions.append((top, left, size, size))
@@ -150,7 +157,7 @@ class RMAC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device)
         for top, left, rh, rw in rmac_regions(*x.shape[-2:], self.levels):
-            v = x[:, :, top:top + rh, left:left + rw].amax((2, 3))
+            v = x[:, :, top : top + rh, left : left + rw].amax((2, 3))
             total = total + v / (v.norm(dim=1, keepdim=True) + self.eps)
         return (total / (total.norm(dim=1, keepdim=True) + self.eps))[:, :, None, None]
 

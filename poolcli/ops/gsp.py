@@ -12,6 +12,7 @@ The solution has a closed form with one scalar β per image:
 autograd; gradients come from implicit differentiation via one Newton step re-attached to the graph,
 so memory does not depend on the number of solver iterations. μ = 1 is GAP exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,9 @@ def solve_beta(ell: torch.Tensor, mu: float, iters: int = 60, tol: float = 1e-12
     return beta
 
 
-def gsp_pool(f: torch.Tensor, prototypes: torch.Tensor, mu: float = 0.3, gamma: float = 5.0,
-             iters: int = 60) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gsp_pool(
+    f: torch.Tensor, prototypes: torch.Tensor, mu: float = 0.3, gamma: float = 5.0, iters: int = 60
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GSP of projected features f [B, d, H, W] → (g [B, d], z [B, m], t [B, n])."""
     if not 0.0 < mu <= 1.0:
         raise ValueError(f"mu must be in (0, 1], got {mu}")
@@ -100,7 +102,9 @@ def gsp_pool(f: torch.Tensor, prototypes: torch.Tensor, mu: float = 0.3, gamma: 
     return g, z, t
 
 
-def transport_plan(t: torch.Tensor, f: torch.Tensor, prototypes: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+def transport_plan(
+    t: torch.Tensor, f: torch.Tensor, prototypes: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The full plan P [B, m, n] and residual ρ [B, n] from t (for checks and visualisation)."""
     n = t.shape[1]
     assign = torch.softmax(-gamma * transport_costs(f.flatten(2).transpose(1, 2), prototypes), dim=-1)
@@ -133,11 +137,26 @@ class GSP(nn.Module):
 
     is_poolcli_pool = True
 
-    def __init__(self, in_channels: int, dim: int | None = None, num_prototypes: int = 64, mu: float = 0.3,
-                 gamma: float = 5.0, flatten: bool = True, memory_size: int = 1024, iters: int = 60):
+    def __init__(
+        self,
+        in_channels: int,
+        dim: int | None = None,
+        num_prototypes: int = 64,
+        mu: float = 0.3,
+        gamma: float = 5.0,
+        flatten: bool = True,
+        memory_size: int = 1024,
+        iters: int = 60,
+    ):
         super().__init__()
         dim = dim or in_channels
-        self.mu, self.gamma, self.flatten, self.iters, self.memory_size = float(mu), float(gamma), flatten, iters, memory_size
+        self.mu, self.gamma, self.flatten, self.iters, self.memory_size = (
+            float(mu),
+            float(gamma),
+            flatten,
+            iters,
+            memory_size,
+        )
         self.proj = nn.Conv2d(in_channels, dim, 1, bias=False)
         if dim == in_channels:  # start as the identity map, so GSP with μ=1 equals the GAP it replaces
             with torch.no_grad():
@@ -162,7 +181,9 @@ class GSP(nn.Module):
                 if sum(m.shape[0] for m in self._memory) >= self.memory_size:
                     self.init_prototypes(torch.cat(self._memory)[: self.memory_size])
                     self._memory.clear()
-            return gap, torch.full((x.shape[0], self.prototypes.shape[0]), 1.0 / self.prototypes.shape[0], device=x.device, dtype=gap.dtype)
+            return gap, torch.full(
+                (x.shape[0], self.prototypes.shape[0]), 1.0 / self.prototypes.shape[0], device=x.device, dtype=gap.dtype
+            )
         g, z, _ = gsp_pool(f, self.prototypes, self.mu, self.gamma, self.iters)
         return g, z
 

@@ -5,6 +5,7 @@ channel (x − mean_c) / scale_c, applies every P_j to every channel, and maps b
 giving k·C channels on the Ho×Wo output grid, ordered channel-major (c·k + j). P is a buffer (fixed)
 by default, or a parameter with ``trainable=True``. The fit that produces P lives in poolcli.fit.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,9 @@ from torch import nn
 class LearnedLinearPool(nn.Module):
     is_poolcli_pool = True
 
-    def __init__(self, channels: int, in_hw: tuple[int, int], out_hw: tuple[int, int], k: int = 2, trainable: bool = False):
+    def __init__(
+        self, channels: int, in_hw: tuple[int, int], out_hw: tuple[int, int], k: int = 2, trainable: bool = False
+    ):
         super().__init__()
         self.channels, self.in_hw, self.out_hw, self.k = int(channels), tuple(in_hw), tuple(out_hw), int(k)
         n, m = self.in_hw[0] * self.in_hw[1], self.out_hw[0] * self.out_hw[1]
@@ -27,7 +30,9 @@ class LearnedLinearPool(nn.Module):
         self.register_buffer("scale", torch.ones(self.channels))
 
     @torch.no_grad()
-    def set_pooling(self, P: torch.Tensor, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> "LearnedLinearPool":
+    def set_pooling(
+        self, P: torch.Tensor, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None
+    ) -> LearnedLinearPool:
         if tuple(P.shape) != tuple(self.P.shape):
             raise ValueError(f"pooling weights {list(P.shape)} do not fit {list(self.P.shape)}")
         self.P.copy_(P)
@@ -38,20 +43,32 @@ class LearnedLinearPool(nn.Module):
         return self
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, trainable: bool = False) -> "LearnedLinearPool":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, trainable: bool = False) -> LearnedLinearPool:
         """From a pooling file's contents (``poolcli.io.poolfile.read_pooling``): P, channel mean/scale, grids."""
         P = tensors["P"]
-        mod = cls(int(tensors["channel_scale"].numel()), tuple(meta["in_grid"]), tuple(meta["out_grid"]), k=P.shape[0],
-                  trainable=trainable)
+        mod = cls(
+            int(tensors["channel_scale"].numel()),
+            tuple(meta["in_grid"]),
+            tuple(meta["out_grid"]),
+            k=P.shape[0],
+            trainable=trainable,
+        )
         return mod.set_pooling(P, tensors["channel_mean"], tensors["channel_scale"])
 
     def spec_params(self) -> dict[str, int | bool]:
         """Registry params that rebuild this module's shape (its P, mean and scale live in the state_dict)."""
-        return {"channels": self.channels, "in_h": self.in_hw[0], "in_w": self.in_hw[1], "out_h": self.out_hw[0],
-                "out_w": self.out_hw[1], "k": self.k, "trainable": isinstance(self.P, nn.Parameter)}
+        return {
+            "channels": self.channels,
+            "in_h": self.in_hw[0],
+            "in_w": self.in_hw[1],
+            "out_h": self.out_hw[0],
+            "out_w": self.out_hw[1],
+            "k": self.k,
+            "trainable": isinstance(self.P, nn.Parameter),
+        }
 
     @classmethod
-    def average(cls, channels: int, in_hw: tuple[int, int], kernel: int, stride: int) -> "LearnedLinearPool":
+    def average(cls, channels: int, in_hw: tuple[int, int], kernel: int, stride: int) -> LearnedLinearPool:
         """P equal to average pooling with a kernel×kernel window (no padding): a reference point."""
         h, w = in_hw
         ho, wo = (h - kernel) // stride + 1, (w - kernel) // stride + 1
@@ -67,7 +84,10 @@ class LearnedLinearPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         if (h, w) != self.in_hw or c != self.channels:
-            raise ValueError(f"learned pooling was fitted for {self.channels}×{self.in_hw[0]}×{self.in_hw[1]} inputs, got {c}×{h}×{w}")
+            raise ValueError(
+                f"learned pooling was fitted for {self.channels}×{self.in_hw[0]}×{self.in_hw[1]} inputs, "
+                f"got {c}×{h}×{w}"
+            )
         mean, scale = self.mean.view(1, c, 1), self.scale.view(1, c, 1)
         xn = (x.reshape(b, c, h * w) - mean) / scale
         z = torch.einsum("kmn,bcn->bckm", self.P.to(x.dtype), xn)  # [B, C, k, M]
@@ -75,7 +95,8 @@ class LearnedLinearPool(nn.Module):
         return z.reshape(b, c * self.k, *self.out_hw)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, in={self.in_hw}, out={self.out_hw}, k={self.k}, trainable={isinstance(self.P, nn.Parameter)}"
+        trainable = isinstance(self.P, nn.Parameter)
+        return f"channels={self.channels}, in={self.in_hw}, out={self.out_hw}, k={self.k}, trainable={trainable}"
 
 
 class LearnedMapPool(nn.Module):
@@ -96,7 +117,7 @@ class LearnedMapPool(nn.Module):
             self.register_buffer("W", weights)
 
     @classmethod
-    def from_learned(cls, pool: LearnedLinearPool) -> "LearnedMapPool":
+    def from_learned(cls, pool: LearnedLinearPool) -> LearnedMapPool:
         """Rows of the top map P[0], scaled to sum 1 (a row whose sum nearly cancels uses |P[0]| instead)."""
         top = pool.P.detach()[0].double()
         total = top.sum(1, keepdim=True)
@@ -108,8 +129,13 @@ class LearnedMapPool(nn.Module):
         return mod
 
     def spec_params(self) -> dict[str, int | bool]:
-        return {"in_h": self.in_hw[0], "in_w": self.in_hw[1], "out_h": self.out_hw[0], "out_w": self.out_hw[1],
-                "trainable": isinstance(self.W, nn.Parameter)}
+        return {
+            "in_h": self.in_hw[0],
+            "in_w": self.in_hw[1],
+            "out_h": self.out_hw[0],
+            "out_w": self.out_hw[1],
+            "trainable": isinstance(self.W, nn.Parameter),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -9,6 +9,7 @@ the sources, flags, compiler and CPU, and written atomically, so parallel proces
 No compiler, a failed build, a non-CPU tensor or ``POOLCLI_NATIVE=0`` all fall back to the pure torch
 implementation with the same maths; ``native_status()`` says which path is in use and why.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,9 +20,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -31,8 +32,11 @@ _P, _I, _MODE = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _GEOM = [_I] * 11 + [_MODE, _I, _I]  # C, h, w, ho, wo, kh, kw, sh, sw, ph, pw, mode, n0, n1
 _X_ALPHA = [_P, _P, _I, _I, _I, _I]  # x, α and α's four strides
 _SIGNATURES = {  # fwd writes y; bwd reads y, gy and writes gx, gα; one symbol per element type
-    "ppool": {f"ppool_{step}_{t}": _X_ALPHA + [_P] * buffers + _GEOM
-              for step, buffers in (("fwd", 1), ("bwd", 4)) for t in ("f32", "f64")},
+    "ppool": {
+        f"ppool_{step}_{t}": _X_ALPHA + [_P] * buffers + _GEOM
+        for step, buffers in (("fwd", 1), ("bwd", 4))
+        for t in ("f32", "f64")
+    },
 }
 _FLAG_SETS = (
     ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-fPIC"],

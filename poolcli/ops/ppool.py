@@ -18,6 +18,7 @@ Two implementations of the same maths: on CPU float32/float64 a fused C kernel (
 pass per image plane with the shift/clamp, ln x̃ and the window sums fused, see native.py), elsewhere
 (CUDA, no C compiler, ``POOLCLI_NATIVE=0``) the torch tap loop below. Tests hold them to each other.
 """
+
 from __future__ import annotations
 
 import torch
@@ -98,7 +99,7 @@ class _PPool(torch.autograd.Function):
                 tmp.reciprocal_().mul_(diff).mul_(alpha).masked_fill_(xt < tiny, 0.0).add_(1.0).mul_(gp)
                 gx[..., si, sj] += tmp
         if gx is not None and p != (0, 0):
-            gx = gx[..., p[0]:p[0] + h, p[1]:p[1] + w]
+            gx = gx[..., p[0] : p[0] + h, p[1] : p[1] + w]
         if galpha is not None:  # as the kernel and torch.clamp: no α gradient where α ≤ 0
             galpha.masked_fill_(alpha <= 0, 0.0)
         return gx, galpha, None, None, None
@@ -117,7 +118,9 @@ def _launch(step: str, x: torch.Tensor, alpha: torch.Tensor, k, s, p, mode: int,
     fn = getattr(native.load("ppool"), f"ppool_{step}_{'f64' if x.dtype == torch.float64 else 'f32'}")
     geom = (c, h, w, ho, wo, *k, *s, *p, mode)
     ptrs = [_ptr(t) for t in buffers]
-    native.run_planes(lambda n0, n1: fn(_ptr(x), _ptr(a), *a.stride(), *ptrs, *geom, n0, n1), b * c, ho * wo * k[0] * k[1])
+    native.run_planes(
+        lambda n0, n1: fn(_ptr(x), _ptr(a), *a.stride(), *ptrs, *geom, n0, n1), b * c, ho * wo * k[0] * k[1]
+    )
 
 
 class _PPoolNative(torch.autograd.Function):
@@ -148,8 +151,15 @@ def _use_native(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dim() == 4 and x.numel() > 0 and native.load("ppool") is not None
 
 
-def p_pool2d(x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride=None, padding=0,
-             negative: str = "shift", impl: str = "auto") -> torch.Tensor:
+def p_pool2d(
+    x: torch.Tensor,
+    alpha: torch.Tensor | float,
+    kernel_size=2,
+    stride=None,
+    padding=0,
+    negative: str = "shift",
+    impl: str = "auto",
+) -> torch.Tensor:
     """Functional P-pooling. ``alpha``: a number, or a tensor broadcastable to [B, C, Ho, Wo] (clipped at 0).
 
     ``impl``: "auto" (the fused C kernel where it applies, else torch), "native" (the kernel, an error
@@ -159,8 +169,10 @@ def p_pool2d(x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride
     s = pair(stride if stride is not None else kernel_size)
     p = pair(padding)
     if min(k) < 1 or min(s) < 1 or min(p) < 0 or any(2 * pp > kk for pp, kk in zip(p, k)):
-        raise ValueError(f"P-pooling needs kernel ≥ 1, stride ≥ 1 and 0 ≤ padding ≤ kernel/2 (as torch's pools), got "
-                         f"kernel={k}, stride={s}, padding={p}")
+        raise ValueError(
+            f"P-pooling needs kernel ≥ 1, stride ≥ 1 and 0 ≤ padding ≤ kernel/2 (as torch's pools), got "
+            f"kernel={k}, stride={s}, padding={p}"
+        )
     out_dtype = x.dtype
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     x = x.to(work)
@@ -194,8 +206,17 @@ class PPool2d(nn.Module):
 
     is_poolcli_pool = True
 
-    def __init__(self, channels: int, kernel_size=2, stride=None, padding=0, alpha: float | None = None,
-                 alpha_init: float = 8.0, alpha_max: float = 50.0, negative: str = "shift"):
+    def __init__(
+        self,
+        channels: int,
+        kernel_size=2,
+        stride=None,
+        padding=0,
+        alpha: float | None = None,
+        alpha_init: float = 8.0,
+        alpha_max: float = 50.0,
+        negative: str = "shift",
+    ):
         super().__init__()
         self.kernel_size, self.stride, self.padding = pair(kernel_size), pair(stride or kernel_size), pair(padding)
         self.alpha_max, self.negative = float(alpha_max), negative
@@ -223,13 +244,17 @@ class PPool2d(nn.Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, {a}"
 
 
-def p_pool2d_unfold(x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride=None, padding=0) -> torch.Tensor:
+def p_pool2d_unfold(
+    x: torch.Tensor, alpha: torch.Tensor | float, kernel_size=2, stride=None, padding=0
+) -> torch.Tensor:
     """Straightforward unfold (im2col) + softmax implementation, x ≥ 0: the reference and benchmark baseline."""
     k, s, p = pair(kernel_size), pair(stride or kernel_size), pair(padding)
     b, c, h, w = x.shape
     ho, wo = out_size(h, w, k, s, p)
     cols = F.unfold(x, k, padding=p, stride=s).view(b, c, k[0] * k[1], ho * wo)
-    valid = F.unfold(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), k, padding=p, stride=s).view(1, 1, -1, ho * wo)
+    valid = F.unfold(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), k, padding=p, stride=s).view(
+        1, 1, -1, ho * wo
+    )
     a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(float(alpha), dtype=x.dtype)
     a = a.expand(b, c, ho, wo).reshape(b, c, 1, ho * wo) if a.dim() else a
     logits = a * _log_tilde(cols)

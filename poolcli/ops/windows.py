@@ -4,9 +4,10 @@ A k×k window with stride s and padding p visits, for each tap (di, dj), the str
 ``x_pad[..., di::s, dj::s]`` cropped to the output grid. Looping over the k² taps needs no unfold
 (no k²-times copy of the input) and its backward adds into strided views in place.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,9 @@ def pad(x: torch.Tensor, p: tuple[int, int], value: float = 0.0) -> torch.Tensor
     return F.pad(x, (p[1], p[1], p[0], p[0]), value=value) if p != (0, 0) else x
 
 
-def taps(k: tuple[int, int], s: tuple[int, int], p: tuple[int, int], h: int, w: int, ho: int, wo: int,
-         device: torch.device) -> Iterator[tuple[tuple[slice, slice], torch.Tensor | None]]:
+def taps(
+    k: tuple[int, int], s: tuple[int, int], p: tuple[int, int], h: int, w: int, ho: int, wo: int, device: torch.device
+) -> Iterator[tuple[tuple[slice, slice], torch.Tensor | None]]:
     """Yield (slices into the padded input, validity mask [ho, wo] or None when no padding is touched)."""
     for di in range(k[0]):
         rows = torch.arange(ho, device=device) * s[0] + di - p[0]

@@ -5,6 +5,7 @@ GSP starts as global average pooling: its prototypes are set by greedy k-center 
 model evaluated before any training is exactly GAP. This runs the converted model over images of a data
 spec instead (eval mode, no gradients) and sets the prototypes from the same embeddings now.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,16 +23,31 @@ def init_gsp_prototypes(bundle: ModelBundle, data: str, images: int = 1024, batc
     returns the number of images used."""
     gsps = [m for op in swapped_operators(bundle.module) for m in op.modules() if isinstance(m, GSP)]
     if not gsps:
-        raise BadInputError("--init-data initialises GSP prototypes, but no gsp operator was swapped in; drop --init-data")
-    ds = open_dataset(data, input_size=bundle.input_size, mean=bundle.mean, std=bundle.std, default_split="train",
-                      limit=images, seed=seed)
+        raise BadInputError(
+            "--init-data initialises GSP prototypes, but no gsp operator was swapped in; drop --init-data"
+        )
+    if images < 1:
+        raise BadInputError(f"--init-images must be ≥ 1, got {images}")
+    ds = open_dataset(
+        data,
+        input_size=bundle.input_size,
+        mean=bundle.mean,
+        std=bundle.std,
+        default_split="train",
+        limit=images,
+        seed=seed,
+    )
     need = max(g.prototypes.shape[0] for g in gsps)
     if len(ds) < need:
-        raise BadInputError(f"--init-data {data} gives {len(ds)} images but GSP has {need} prototypes; use more images "
-                            f"(--init-images) or fewer prototypes (gsp:m={len(ds)})")
+        raise BadInputError(
+            f"--init-data {data} gives {len(ds)} images but GSP has {need} prototypes; use more images "
+            f"(--init-images) or fewer prototypes (gsp:m={len(ds)})"
+        )
     feats: dict[int, list[torch.Tensor]] = {id(g): [] for g in gsps}
-    hooks = [g.proj.register_forward_hook(lambda m, a, out, g=g: feats[id(g)].append(unit_ball(out.mean((2, 3))).cpu()))
-             for g in gsps]
+    hooks = [
+        g.proj.register_forward_hook(lambda m, a, out, g=g: feats[id(g)].append(unit_ball(out.mean((2, 3))).cpu()))
+        for g in gsps
+    ]
     was = bundle.module.training
     bundle.module.eval()
     param = next(bundle.module.parameters())

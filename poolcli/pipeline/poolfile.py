@@ -1,4 +1,5 @@
 """The pooling file written by fit-pooling, and the picture of its maps (seed 001 Figure 1a style)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +13,19 @@ from ..io.poolfile import read_pooling, write_pooling
 from ..ops.learned import LearnedLinearPool
 
 
-def save_pooling(path: Path | str, fit: PoolingFit, channel_mean: torch.Tensor, channel_scale: torch.Tensor,
-                 meta: dict[str, Any]) -> None:
+def save_pooling(
+    path: Path | str, fit: PoolingFit, channel_mean: torch.Tensor, channel_scale: torch.Tensor, meta: dict[str, Any]
+) -> None:
     defined = torch.isfinite(fit.ratio) & torch.isfinite(fit.avg_ratio)
-    tensors = {"P": fit.P, "eigenvalues": fit.eigenvalues, "ratio_defined": defined.to(torch.uint8),
-               "ratio": torch.nan_to_num(fit.ratio, nan=0.0), "avg_ratio": torch.nan_to_num(fit.avg_ratio, nan=0.0),
-               "channel_mean": channel_mean.float(), "channel_scale": channel_scale.float()}
+    tensors = {
+        "P": fit.P,
+        "eigenvalues": fit.eigenvalues,
+        "ratio_defined": defined.to(torch.uint8),
+        "ratio": torch.nan_to_num(fit.ratio, nan=0.0),
+        "avg_ratio": torch.nan_to_num(fit.avg_ratio, nan=0.0),
+        "channel_mean": channel_mean.float(),
+        "channel_scale": channel_scale.float(),
+    }
     write_pooling(path, tensors, {**fit.summary(), **meta})
 
 

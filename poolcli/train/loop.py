@@ -1,8 +1,9 @@
 """A plain, deterministic classification training loop (single process)."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -10,10 +11,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.augment import random_shift
+from ..errors import RunError
 
 
-def param_groups(module: nn.Module, lr: float, weight_decay: float, pool_modules: list[nn.Module] = (),
-                 pool_lr_mult: float = 1.0, only_pools: bool = False) -> list[dict]:
+def param_groups(
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    pool_modules: list[nn.Module] = (),
+    pool_lr_mult: float = 1.0,
+    only_pools: bool = False,
+) -> list[dict]:
     """Optimizer groups: the parameters of ``pool_modules`` (the operators convert swapped in, not the convs
     they follow) get lr × ``pool_lr_mult`` and no weight decay (a pooling exponent pulled towards 0 would turn
     GeM/P-pooling into a sum; the cirtorch recipe); with ``only_pools`` everything else is frozen."""
@@ -34,7 +42,9 @@ def param_groups(module: nn.Module, lr: float, weight_decay: float, pool_modules
     return groups
 
 
-def make_optimizer(module: nn.Module | list[dict], name: str, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    module: nn.Module | list[dict], name: str, lr: float, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """An optimizer over ``module``'s trainable parameters, or over given parameter groups."""
     params = module if isinstance(module, list) else [p for p in module.parameters() if p.requires_grad]
     if name == "adam":
@@ -46,11 +56,23 @@ def make_optimizer(module: nn.Module | list[dict], name: str, lr: float, weight_
     raise ValueError(f"unknown optimizer '{name}': use adam, adamw or sgd")
 
 
-def train_classifier(module: nn.Module, loader: DataLoader, *, epochs: int, lr: float, device: torch.device,
-                     optimizer: str = "adam", weight_decay: float = 0.0, max_shift: int = 0, seed: int = 0,
-                     cosine: bool = True, on_epoch: Callable[[dict], None] | None = None,
-                     groups: list[dict] | None = None, validate: Callable[[], dict] | None = None,
-                     extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[dict]:
+def train_classifier(
+    module: nn.Module,
+    loader: DataLoader,
+    *,
+    epochs: int,
+    lr: float,
+    device: torch.device,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    max_shift: int = 0,
+    seed: int = 0,
+    cosine: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+    groups: list[dict] | None = None,
+    validate: Callable[[], dict] | None = None,
+    extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[dict]:
     """Train with cross-entropy; returns one record per epoch (loss, accuracy, seconds, and ``validate()``'s
     metrics when given). ``groups``: optimizer parameter groups (default: all trainable parameters);
     ``extra_loss(labels)``: a term added to the loss after each forward (e.g. a regulariser reading
@@ -65,13 +87,19 @@ def train_classifier(module: nn.Module, loader: DataLoader, *, epochs: int, lr: 
         module.train()
         t0 = time.perf_counter()
         loss_sum, correct, n = 0.0, 0, 0
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader, 1):
             x = random_shift(x, max_shift, gen)
             x, y = x.to(device), y.to(device)
             logits = module(x)
             loss = F.cross_entropy(logits, y)
             if extra_loss is not None:
                 loss = loss + extra_loss(y)
+            if not bool(torch.isfinite(loss.detach())):
+                raise RunError(
+                    f"training diverged at epoch {epoch + 1}, step {step}: the loss is "
+                    f"{float(loss.detach())}; lower --lr, check the images, or start from finite weights "
+                    "(nothing was written)"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -80,8 +108,12 @@ def train_classifier(module: nn.Module, loader: DataLoader, *, epochs: int, lr: 
             loss_sum += float(loss.detach()) * y.numel()
             correct += int((logits.argmax(1) == y).sum())
             n += y.numel()
-        rec = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "train_top1": correct / max(n, 1),
-               "seconds": time.perf_counter() - t0}
+        rec = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / max(n, 1),
+            "train_top1": correct / max(n, 1),
+            "seconds": time.perf_counter() - t0,
+        }
         if validate is not None:
             module.eval()
             rec.update(validate())
