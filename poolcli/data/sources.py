@@ -29,7 +29,7 @@ class RawDataset:
 
     labels: torch.Tensor  # int64 [N]
     classes: list[str]
-    get_image: Callable[[int], torch.Tensor]  # index -> uint8/float [C,H,W]
+    get_image: Callable[[int], Any]  # index -> uint8/float [C,H,W] tensor (arrays) or an RGB PIL image (photos)
     description: str
     files: tuple[str, ...] = ()  # files it was read from (their size and mtime key resumable jobs)
     identity: str = ""  # more of what makes it this dataset (e.g. a digest of an image folder's file list)
@@ -83,6 +83,17 @@ def check_images(images: torch.Tensor, where: str) -> torch.Tensor:
     return images
 
 
+class TensorImages:
+    """index → image of an in-memory [N, C, H, W] tensor (a class, not a lambda: datasets must pickle for
+    DataLoader workers started with spawn/forkserver)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
 def _tensor_source(
     images: torch.Tensor, labels: torch.Tensor, classes: list[str], description: str, files: tuple[str, ...] = ()
 ) -> RawDataset:
@@ -94,7 +105,7 @@ def _tensor_source(
     return RawDataset(
         labels=labels,
         classes=classes,
-        get_image=lambda i: images[i],
+        get_image=TensorImages(images),
         description=description,
         files=files,
         channels=int(images.shape[1]),
@@ -244,41 +255,75 @@ def load_svhn_source(root: Path, split: str) -> RawDataset:
 
 
 # ---------------------------------------------------------------- image folders
-def load_folder_source(root: Path, split: str | None) -> RawDataset:
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms.functional import pil_to_tensor
+FOLDER_SPLITS = ("train", "val", "test")
 
-    folder = root / split if split and (root / split).is_dir() else root
-    if not folder.is_dir():
-        raise BadInputError(f"image folder not found: {folder}; expected FOLDER/CLASS/IMAGE files")
+
+def load_folder_source(root: Path, split: str | None, default_split: str = "test") -> RawDataset:
+    """An ImageFolder (ROOT/CLASS/IMAGE), or one split of ROOT/{train,val,test}/CLASS/IMAGE.
+
+    A named split must exist; with no split named, ROOT/``default_split`` is used when ROOT is split, and a
+    split ROOT without that split is refused (it would otherwise read the split folders as classes)."""
+    from torchvision.datasets import ImageFolder
+
+    if not root.is_dir():
+        raise BadInputError(f"image folder not found: {quote(root)}; expected FOLDER/CLASS/IMAGE files")
+    present = [s for s in FOLDER_SPLITS if (root / s).is_dir()]
+    if split is not None and split not in present:
+        have = f"it has {', '.join(present)}" if present else "it is not split into train/val/test folders"
+        raise BadInputError(f"folder {quote(root)} has no {quote(split)} split ({have}); name one that exists")
+    if split is None and present:
+        if default_split not in present:
+            raise BadInputError(
+                f"folder {quote(root)} is split into {', '.join(present)} but has no {quote(default_split)} "
+                f"split; name one: folder:{root}:{present[-1]}"
+            )
+        split = default_split
+    folder = root / split if split else root
     try:
         ds = ImageFolder(str(folder))
     except (FileNotFoundError, RuntimeError, OSError) as e:
         raise BadInputError(
             f"{folder} is not an image folder ({first_sentence(e, 140)}); expected FOLDER/CLASS/IMAGE files"
         ) from None
+    samples = tuple((str(p), int(t)) for p, t in ds.samples)
+    listing = hashlib.sha256("\n".join(f"{p}:{t}" for p, t in samples).encode()).hexdigest()
+    return RawDataset(
+        labels=torch.tensor([t for _, t in samples], dtype=torch.long),
+        classes=list(ds.classes),
+        get_image=FolderImages(samples),
+        description=f"folder:{folder} ({len(samples)} images)",
+        identity=listing,
+        channels=3,
+        names=FolderNames(samples),
+    )
 
-    def get(i: int) -> torch.Tensor:
-        path = ds.samples[i][0]
+
+class FolderImages:
+    """index → the decoded RGB PIL image (8-bit: the model's transform resizes before any float conversion)."""
+
+    def __init__(self, samples: tuple[tuple[str, int], ...]):
+        self.samples = samples
+
+    def __call__(self, i: int) -> Image.Image:
+        path = self.samples[i][0]
         try:
-            img = ds.loader(path)
-            return pil_to_tensor(img.convert("RGB"))
+            with open(path, "rb") as f:
+                img = Image.open(f)
+                img.load()
+                return img.convert("RGB")
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's ways of failing
             raise BadImageError(
                 f"cannot read image {quote(path, 300)} ({first_sentence(e, 120)}); fix or remove it, "
                 "or pass --bad-images skip to leave unreadable images out"
             ) from None
 
-    listing = hashlib.sha256("\n".join(f"{p}:{t}" for p, t in ds.samples).encode()).hexdigest()
-    return RawDataset(
-        labels=torch.tensor(ds.targets, dtype=torch.long),
-        classes=list(ds.classes),
-        get_image=get,
-        description=f"folder:{folder} ({len(ds)} images)",
-        identity=listing,
-        channels=3,
-        names=lambda i: ds.samples[i][0],
-    )
+
+class FolderNames:
+    def __init__(self, samples: tuple[tuple[str, int], ...]):
+        self.samples = samples
+
+    def __call__(self, i: int) -> str:
+        return self.samples[i][0]
 
 
 class BadImageError(BadInputError):

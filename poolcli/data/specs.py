@@ -83,7 +83,7 @@ def open_raw(spec: DataSpec | str, default_split: str) -> RawDataset:
     if spec.kind == "svhn":
         return load_svhn_source(path, split)
     if spec.kind == "folder":
-        return load_folder_source(path, spec.split)
+        return load_folder_source(path, spec.split, default_split)
     return load_tensors_source(path)
 
 
@@ -155,9 +155,10 @@ class ImageDataset(Dataset):
 def open_dataset(
     spec: str,
     *,
-    input_size: tuple[int, int, int],
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    transform: Preprocess | None = None,
+    input_size: tuple[int, int, int] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
     default_split: str = "test",
     classes: str | list[int] | None = None,
     limit: int | None = None,
@@ -165,12 +166,18 @@ def open_dataset(
     seed: int = 0,
     bad_images: str = "error",
 ) -> ImageDataset:
-    """The selected images of dataset ``spec``, preprocessed for a model of ``input_size``.
+    """The selected images of dataset ``spec``, preprocessed by ``transform`` (a model's: ``bundle.transform``),
+    or for ``input_size``/``mean``/``std`` with the default photo geometry.
 
     ``bad_images``: "error" (an unreadable image file stops the run, naming it) or "skip" (every selected
     image is decoded once up front and unreadable ones are left out; ``ds.skipped`` lists them)."""
     if bad_images not in BAD_IMAGES:
         raise BadInputError(f"--bad-images must be error or skip, not {quote(bad_images)}")
+    if transform is None:
+        if input_size is None or mean is None or std is None:
+            raise TypeError("open_dataset needs transform= or input_size=, mean= and std=")
+        transform = Preprocess(input_size, mean, std)
+    input_size = transform.input_size
     raw = open_raw(spec, default_split)
     if raw.channels != input_size[0] and 1 not in (raw.channels, input_size[0]):
         raise BadInputError(
@@ -200,7 +207,7 @@ def open_dataset(
             f"dataset {spec} is empty after selection (classes={classes}, limit={limit}"
             f"{', every image unreadable' if skipped else ''}); widen the selection"
         )
-    ds = ImageDataset(raw, idx, Preprocess(input_size, mean, std))
+    ds = ImageDataset(raw, idx, transform)
     ds.description = raw.description  # type: ignore[attr-defined]
     ds.skipped = skipped  # type: ignore[attr-defined]
     return ds

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from ..data.transforms import PhotoGeometry, Preprocess
+
 CHECKPOINT_FORMAT = "poolcli.checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -22,6 +24,14 @@ class ModelBundle:
     classes: list[str] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     spec: str = ""  # what the user typed, for messages and reports
+    geometry: PhotoGeometry = dataclasses.field(default_factory=PhotoGeometry)  # how photos are resized/cropped
+    weights: str = "random"  # where the weights came from: random, pretrained:FILE, file:PATH, checkpoint:PATH
+    head_reset: list[str] = dataclasses.field(default_factory=list)  # classifier modules re-initialised on load
+
+    @property
+    def transform(self) -> Preprocess:
+        """The model's own preprocessing (photos: its library's eval transform; arrays: a plain resize)."""
+        return Preprocess(self.input_size, self.mean, self.std, self.geometry)
 
     @property
     def num_classes(self) -> int | None:
@@ -43,5 +53,6 @@ class ModelBundle:
             "input_size": list(self.input_size),
             "mean": list(self.mean),
             "std": list(self.std),
+            "preprocess": self.geometry.to_json(),
             "extra": self.extra,
         }

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.transforms import PhotoGeometry
 from ..errors import BadInputError, RunError
 from ..io.tensorfile import read_metadata, read_tensors, write_tensors
 from .bundle import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, ModelBundle
 from .manifest import validate_manifest
-from .spec import build_base
+from .spec import build_base, default_geometry
 from .surgery import apply_swaps
 from .weights import load_state_dict_strict
 
@@ -132,6 +133,12 @@ def load_checkpoint(path: str | os.PathLike) -> ModelBundle:
         std=tuple(manifest["std"]),
         extra=manifest.get("extra", {}),
         spec=str(path),
+        geometry=(
+            PhotoGeometry.from_json(manifest["preprocess"])
+            if manifest.get("preprocess")
+            else default_geometry(base["source"], base["name"], module)
+        ),
+        weights=f"checkpoint:{path}",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..data.transforms import CROP_MODES, INTERPOLATIONS, STYLES
 from ..errors import BadInputError
 from ..io.schema import NAME, Schema
 from ..ops.registry import validate_params
@@ -44,6 +45,7 @@ _TOP_KEYS = {
     "base",
     "swaps",
     "classes",
+    "preprocess",
     "input_size",
     "mean",
     "std",
@@ -76,6 +78,8 @@ def validate_manifest(m: Any, what: str) -> dict[str, Any]:
         s.seq(m.get(key), key, size[0])
         for i, v in enumerate(m[key]):
             s.number(v, f"{key}[{i}]", positive=key == "std")
+    if m.get("preprocess") is not None:
+        _check_preprocess(s, m["preprocess"])
     if m.get("classes") is not None:
         names = s.texts(m["classes"], "classes", most=MAX_CLASSES)
         if "num_classes" in kwargs and len(names) != kwargs["num_classes"]:
@@ -94,6 +98,19 @@ def validate_manifest(m: Any, what: str) -> dict[str, Any]:
     for i, rec in enumerate(s.seq(m.get("swaps", []), "swaps", most=10000)):
         _check_swap(s, rec, f"swaps[{i}]")
     return m
+
+
+def _check_preprocess(s: Schema, v: Any) -> None:
+    g = s.mapping(v, "preprocess")
+    s.only(g, "preprocess", {"style", "interpolation", "crop_pct", "resize", "crop_mode"})
+    s.text(g.get("style"), "preprocess.style", choices=STYLES)
+    s.text(g.get("interpolation"), "preprocess.interpolation", choices=INTERPOLATIONS)
+    s.text(g.get("crop_mode"), "preprocess.crop_mode", choices=CROP_MODES)
+    crop = s.number(g.get("crop_pct"), "preprocess.crop_pct", positive=True)
+    if not 0.05 <= crop <= 2:
+        raise s.fail("preprocess.crop_pct", "a crop fraction from 0.05 to 2", crop)
+    if g.get("resize") is not None:
+        s.integer(g["resize"], "preprocess.resize", 1, MAX_SIDE)
 
 
 def _check_swap(s: Schema, rec: Any, field: str) -> None:

@@ -6,16 +6,20 @@ weights from ``--weights FILE`` (``.safetensors``, or ``.pt/.pth`` read with ``w
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..data.transforms import DEFAULT_CROP_PCT, PhotoGeometry
 from ..errors import BadInputError
+from ..text import quote
 from .bundle import ModelBundle
 from .manifest import MAX_CHANNELS, MAX_CLASSES
-from .weights import load_state_dict_strict, read_state_dict
+from .weights import head_names, load_state_dict_strict, load_with_head, read_state_dict, weights_classes
 from .zoo import ZOO
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,21 +80,62 @@ def build_base(source: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 def _defaults(
     source: str, name: str, module: nn.Module, in_chans: int
-) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
+) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...], PhotoGeometry]:
+    """The model's own input size, normalisation and photo geometry, from its library: timm's
+    ``resolve_model_data_config``, torchvision's weights transforms (``tv:efficientnet_b3``: a 300 crop of a
+    320 resize, bicubic), and for poolcli's small models a plain resize (crop fraction 1)."""
     if source == "timm":
-        cfg = getattr(module, "pretrained_cfg", {}) or {}
+        from timm.data import resolve_model_data_config
+
+        cfg = resolve_model_data_config(module)
         size = tuple(cfg.get("input_size", (3, 224, 224)))
         mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+        geometry = PhotoGeometry(
+            style="timm",
+            interpolation=str(cfg.get("interpolation") or "bicubic"),
+            crop_pct=float(cfg.get("crop_pct") or DEFAULT_CROP_PCT),
+            crop_mode=str(cfg.get("crop_mode") or "center"),
+        )
     elif source == "tv":
-        size = (3, 299, 299) if name == "inception_v3" else (3, 224, 224)
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        size, mean, std, geometry = _tv_defaults(name)
     else:
         size = tuple(getattr(module, "default_input_size", (1, 32, 32)))
         mean, std = (0.5,) * size[0], (0.5,) * size[0]
+        geometry = PhotoGeometry(style="timm", interpolation="bilinear", crop_pct=DEFAULT_CROP_PCT)
     if in_chans != len(mean):  # e.g. grey-scale input to an ImageNet model: average the statistics
         mean = (sum(mean) / len(mean),) * in_chans
         std = (sum(std) / len(std),) * in_chans
-    return (in_chans, int(size[1]), int(size[2])), tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    size = (in_chans, int(size[1]), int(size[2]))
+    return size, tuple(float(m) for m in mean), tuple(float(s) for s in std), geometry
+
+
+def _tv_defaults(name: str) -> tuple[tuple[int, int, int], tuple, tuple, PhotoGeometry]:
+    """From the DEFAULT weights' transforms (``ImageClassification``); ImageNet's 224-of-256 without them."""
+    import torchvision
+
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        t = weights.transforms()
+    except (ValueError, KeyError, AttributeError, TypeError):
+        t = None
+    if t is None or not hasattr(t, "crop_size"):
+        side = 299 if name == "inception_v3" else 224
+        return (3, side, side), IMAGENET_MEAN, IMAGENET_STD, PhotoGeometry(style="tv", resize=int(side / 0.875))
+    crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
+    geometry = PhotoGeometry(style="tv", interpolation=t.interpolation.value, crop_pct=crop / resize, resize=resize)
+    return (3, crop, crop), tuple(t.mean), tuple(t.std), geometry
+
+
+def _scaled_resize(g: PhotoGeometry, default: tuple[int, ...], size: tuple[int, ...]) -> PhotoGeometry:
+    """A torchvision resize follows the crop when --input-size changes it (320 for 300 → 256 for 240)."""
+    if g.resize is None or tuple(default[1:]) == tuple(size[1:]):
+        return g
+    return dataclasses.replace(g, resize=round(min(size[1:]) * g.resize / min(default[1:])))
+
+
+def default_geometry(source: str, name: str, module: nn.Module) -> PhotoGeometry:
+    """The photo geometry of a base architecture (for checkpoints written before it was recorded)."""
+    return _defaults(source, name, module, 3)[3]
 
 
 def is_checkpoint_spec(spec: str) -> bool:
@@ -104,27 +149,58 @@ def build_model(
     num_classes: int | None = None,
     in_chans: int | None = None,
     input_size: str | tuple[int, int, int] | None = None,
+    pretrained: bool = False,
+    use_ema: bool = False,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> ModelBundle:
-    """Build a :class:`ModelBundle` from a model spec (see module docstring)."""
+    """Build a :class:`ModelBundle` from a model spec (see module docstring).
+
+    ``pretrained``: the cached pretrained weights (never downloaded, :mod:`poolcli.models.pretrained`);
+    ``weights``: a weights file (a training checkpoint is unwrapped; ``use_ema`` takes its EMA weights). With
+    ``num_classes`` other than the weights' classes the classifier head is re-initialised (and reported in
+    ``bundle.head_reset``); without it, the model is built for the weights' classes. ``crop_pct``,
+    ``interpolation``, ``mean``, ``std`` override the model's own preprocessing."""
+    if weights is not None and pretrained:
+        raise BadInputError("--weights and --pretrained both give weights; pass one")
     if is_checkpoint_spec(spec):
-        from .checkpoint import load_checkpoint
+        bundle = _from_checkpoint(spec, weights, num_classes, in_chans, input_size, pretrained, use_ema)
+    else:
+        bundle = _from_library(spec, weights, num_classes, in_chans, input_size, pretrained, use_ema)
+    return _override_preprocess(bundle, crop_pct, interpolation, mean, std)
 
-        if num_classes is not None or in_chans is not None:
-            raise BadInputError(
-                f"--num-classes/--in-chans apply to timm:/tv:/poolcli: specs, not to the checkpoint {spec}"
-            )
-        bundle = load_checkpoint(spec)
-        if weights is not None:
-            load_state_dict_strict(bundle.module, read_state_dict(weights), str(weights), spec)
-        if input_size is not None:
-            size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(input_size)
-            _check_channels(size, bundle.input_size[0], spec)
-            bundle.input_size = size
-        return bundle
 
+def _from_checkpoint(
+    spec: str, weights, num_classes, in_chans, input_size, pretrained: bool, use_ema: bool
+) -> ModelBundle:
+    from .checkpoint import load_checkpoint
+
+    if num_classes is not None or in_chans is not None or pretrained:
+        raise BadInputError(
+            f"--num-classes/--in-chans/--pretrained apply to timm:/tv:/poolcli: specs, not to the checkpoint {spec}"
+        )
+    bundle = load_checkpoint(spec)
+    if weights is not None:
+        load_state_dict_strict(bundle.module, read_state_dict(weights, use_ema), str(weights), spec)
+        bundle.weights = f"file:{weights}"
+    if input_size is not None:
+        size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(input_size)
+        _check_channels(size, bundle.input_size[0], spec)
+        bundle.input_size = size
+    return bundle
+
+
+def _from_library(
+    spec: str, weights, num_classes, in_chans, input_size, pretrained: bool, use_ema: bool
+) -> ModelBundle:
     source, name = spec.split(":", 1)
     if not name:
         raise BadInputError(f"model spec '{spec}' names no model: write {source}:NAME")
+    tag = None
+    if source == "tv" and "." in name:  # tv:resnet50.IMAGENET1K_V2 names the weights
+        name, tag = name.split(".", 1)
     kwargs: dict[str, Any] = {}
     if num_classes is not None:
         if not 1 <= int(num_classes) <= MAX_CLASSES:
@@ -139,8 +215,19 @@ def build_model(
         if not 1 <= int(in_chans) <= MAX_CHANNELS:
             raise BadInputError(f"--in-chans must be between 1 and {MAX_CHANNELS}, got {in_chans}")
         kwargs["in_chans"] = int(in_chans)
+    if pretrained and source == "poolcli":
+        raise BadInputError("poolcli: models have no pretrained weights; pass --weights FILE or drop --pretrained")
+    state = read_state_dict(weights, use_ema) if weights is not None else None
     module = build_base(source, name, kwargs)
-    size_default, mean, std = _defaults(source, name, module, in_chans or _first_conv_channels(module, source))
+    if state is not None and num_classes is None:
+        # weights for other classes than the architecture's default, and no --num-classes: build for theirs
+        theirs = weights_classes(state, module, _infer_num_classes(module))
+        if theirs is not None:
+            kwargs["num_classes"] = theirs
+            module = build_base(source, name, kwargs)
+    size_default, mean, std, geometry = _defaults(
+        source, name, module, in_chans or _first_conv_channels(module, source)
+    )
     size = (
         parse_input_size(input_size)
         if isinstance(input_size, str)
@@ -149,8 +236,23 @@ def build_model(
     _check_channels(size, size_default[0], spec)
     if tuple(size[1:]) != tuple(size_default[1:]):
         module = _build_for_size(source, name, kwargs, module, size, size_default)
-    if weights is not None:
-        load_state_dict_strict(module, read_state_dict(weights), str(weights), spec)
+    origin, reset = "random", []
+    if pretrained and source == "timm":
+        from .pretrained import timm_pretrained
+
+        module, path = timm_pretrained(name, kwargs, use_ema)
+        default = getattr(module, "pretrained_cfg", {}).get("num_classes")
+        if num_classes is not None and default not in (None, num_classes):
+            reset = head_names(module, num_classes)
+        origin = f"pretrained:{path}"
+    elif pretrained and source == "tv":
+        from .pretrained import tv_pretrained
+
+        reset, path = tv_pretrained(name, module, num_classes, tag, use_ema)
+        origin = f"pretrained:{path}"
+    elif state is not None:
+        reset = load_with_head(module, state, str(weights), spec, num_classes)
+        origin = f"file:{weights}"
     bundle = ModelBundle(
         module=module,
         base={"source": source, "name": name, "kwargs": kwargs},
@@ -158,9 +260,38 @@ def build_model(
         mean=mean,
         std=std,
         spec=spec,
+        geometry=_scaled_resize(geometry, size_default, size),
+        weights=origin,
     )
+    bundle.head_reset = sorted({k.rsplit(".", 1)[0] for k in reset})
     if bundle.num_classes is None:
         bundle.base["kwargs"]["num_classes"] = _infer_num_classes(module)
+    return bundle
+
+
+def _override_preprocess(bundle: ModelBundle, crop_pct, interpolation, mean, std) -> ModelBundle:
+    from ..data.transforms import INTERPOLATIONS
+
+    if crop_pct is not None and not (math.isfinite(crop_pct) and 0.05 <= crop_pct <= 2):
+        raise BadInputError(f"--crop-pct must be a fraction from 0.05 to 2 (e.g. 0.875), got {crop_pct}")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise BadInputError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {quote(interpolation)}")
+    bundle.geometry = bundle.geometry.with_overrides(crop_pct, interpolation)
+    c = bundle.input_size[0]
+    for option, values in (("--mean", mean), ("--std", std)):
+        if values is None:
+            continue
+        values = tuple(float(v) for v in values)
+        if len(values) == 1:
+            values = values * c
+        if len(values) != c or not all(math.isfinite(v) for v in values):
+            raise BadInputError(f"{option} needs {c} finite values (one per input channel) or one, got {values}")
+        if option == "--std" and min(values) <= 0:
+            raise BadInputError(f"--std values must be > 0, got {values}")
+        if option == "--mean":
+            bundle.mean = values
+        else:
+            bundle.std = values
     return bundle
 
 
