@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -41,3 +42,25 @@ def run_subprocess(*args: str, stdin: str | None = None) -> subprocess.Completed
         input=stdin,
         timeout=300,
     )
+
+
+class Reporting:
+    """A progress reporter for tests: ``callback(description, n)`` on every advance of a pipeline step."""
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    @contextlib.contextmanager
+    def task(self, description, total, unit):
+        yield lambda n=1: self.callback(description, n)
+
+
+@contextlib.contextmanager
+def reporting(callback):
+    from poolcli import progress
+
+    previous = progress.set_reporter(Reporting(callback))
+    try:
+        yield
+    finally:
+        progress.set_reporter(previous)

@@ -80,7 +80,7 @@ STATS_VARIANTS = {  # statistics manifests that a broken or hostile tool could w
 @pytest.fixture(scope="module")
 def h(tmp_path_factory):
     """Hostile and broken files, made once per test module."""
-    from poolcli.cli.collect_cmd import run_collect
+    from poolcli.api import collect
     from poolcli.fit.stats import ScatterStats
     from poolcli.models.checkpoint import save_checkpoint
     from poolcli.models.spec import build_model
@@ -150,9 +150,9 @@ def h(tmp_path_factory):
             Image.new("RGB", (12, 10), (i * 40, 10, 200)).save(folder / c / f"{i}.png")
     (folder / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     # statistics: a good one (with a run key), a NaN one, a one-class one, one of another site
-    stats, meta = run_collect(str(CNN), "digits:train", "@down3", limit=120, device="cpu", batch_size=64)
+    stats, meta = collect(str(CNN), "@down3", "digits:train", limit=120, device="cpu", batch_size=64)
     save_stats(h / "stats.safetensors", stats, meta)
-    other, ometa = run_collect(str(CNN), "digits:train", "@down2", limit=120, device="cpu", batch_size=64)
+    other, ometa = collect(str(CNN), "@down2", "digits:train", limit=120, device="cpu", batch_size=64)
     save_stats(h / "stats-down2.safetensors", other, ometa)
     t = stats.tensors()
     _raw_write(h / "stats-nan.safetensors", {**t, "gram": t["gram"] * float("nan")}, meta)
@@ -175,24 +175,30 @@ def h(tmp_path_factory):
 
 
 def _partial_of_another_job(h, out):
-    """OUT.partial left by a run with another --seed (a different random subset)."""
-    from poolcli.cli.collect_cmd import run_collect
+    """OUT.partial left by a run with another --seed (a different random subset), stopped in its main pass."""
+    import contextlib
 
-    def die(n, seen=[]):  # noqa: B006 - counts calls
-        seen.append(n)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
+    from poolcli import api, progress
 
-    import poolcli.cli.collect_cmd as cc
+    class StopInMainPass:
+        @contextlib.contextmanager
+        def task(self, description, total, unit):
+            seen = []
 
-    real = cc.progress
+            def advance(n=1):
+                seen.append(n)
+                if description.startswith("collect stage") and len(seen) == 3:
+                    raise KeyboardInterrupt
+
+            yield advance
+
+    previous = progress.set_reporter(StopInMainPass())
     try:
-        cc.progress = lambda *a, **k: _Ctx(die)
         with pytest.raises(KeyboardInterrupt):
-            run_collect(
+            api.collect(
                 str(CNN),
-                "digits:train",
                 "@down3",
+                "digits:train",
                 limit=300,
                 seed=1,
                 device="cpu",
@@ -201,19 +207,8 @@ def _partial_of_another_job(h, out):
                 checkpoint_every=1,
             )
     finally:
-        cc.progress = real
+        progress.set_reporter(previous)
     assert (out / "prev.safetensors.partial").exists()
-
-
-class _Ctx:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __enter__(self):
-        return self.fn
-
-    def __exit__(self, *a):
-        return False
 
 
 C = str(CNN)
@@ -407,7 +402,7 @@ CASES = [
         "diverged",
     ),
     ("evaluate-nan-weights", ["evaluate", "{H}/nan-weights.safetensors", "--limit", "16"], 1, "NaN/inf"),
-    ("evaluate-labels-out-of-range", [*EV, "tensors:{H}/labels-20.safetensors"], 2, "out of range"),
+    ("evaluate-labels-out-of-range", [*EV, "tensors:{H}/labels-20.safetensors"], 2, "has 10 outputs"),
     ("evaluate-huge-images", [*EV, "tensors:{H}/huge-images.safetensors"], 2, "[0, 1]"),
     # --- stats merge
     (

@@ -22,7 +22,7 @@ def test_round_trip_is_bit_exact(tmp_path):
     bundle.module.train()(torch.randn(4, 1, 32, 32))  # move BN running stats away from their init
     path = tmp_path / "m.safetensors"
     save_checkpoint(bundle, None, path)
-    loaded = load_model(path)
+    loaded = load_model(path).module
     a, b = bundle.module.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys()
     for k in a:

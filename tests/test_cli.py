@@ -64,23 +64,23 @@ def test_debug_shows_traceback(cli):
 
 
 def test_interrupt_is_130(cli, monkeypatch):
-    import poolcli.cli.evaluate_cmd as ev
+    import poolcli.api as ev
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ev, "evaluate_models", interrupted)
+    monkeypatch.setattr(ev, "evaluate", interrupted)
     code, _, err = cli("evaluate", CNN)
     assert code == 130 and "interrupted" in err
 
 
 def test_unexpected_failure_is_exit_1_one_line(cli, monkeypatch):
-    import poolcli.cli.evaluate_cmd as ev
+    import poolcli.api as ev
 
     def broken(*a, **k):
         raise ZeroDivisionError("float division by zero")
 
-    monkeypatch.setattr(ev, "evaluate_models", broken)
+    monkeypatch.setattr(ev, "evaluate", broken)
     code, _, err = cli("evaluate", CNN)
     assert code == 1 and "ZeroDivisionError" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
@@ -101,11 +101,11 @@ def test_no_command_shows_help_without_an_empty_error(cli):
 
 
 def test_interrupt_line_is_an_error_line(cli, monkeypatch):
-    import poolcli.cli.evaluate_cmd as ev
+    import poolcli.api as ev
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ev, "evaluate_models", interrupted)
+    monkeypatch.setattr(ev, "evaluate", interrupted)
     code, _, err = cli("evaluate", CNN)
     assert code == 130 and err.strip().splitlines() == [err.strip()] and err.startswith("error: interrupted")

@@ -17,7 +17,7 @@ from poolcli.models.checkpoint import load_checkpoint
 from poolcli.pipeline.collect import collect_stats, load_stats
 from poolcli.pipeline.poolfile import load_pooling_module
 
-from .conftest import CNN, ROOT
+from .conftest import CNN, ROOT, reporting
 
 COMMON = ["--site", "@down3", "--data", "digits:train", "--limit", "120", "--batch-size", "16", "--device", "cpu"]
 
@@ -55,13 +55,14 @@ def test_resume_after_kill_gives_identical_statistics(tmp_path):
     kw = dict(device=torch.device("cpu"), batch_size=16, checkpoint=ckpt, checkpoint_every=1)
     seen = []
 
-    def die(n):
-        seen.append(n)
-        if len(seen) == 3:
-            raise KeyboardInterrupt  # killed mid-run, after 3 checkpoints
+    def die(description, n):
+        if description.startswith("collect stage"):
+            seen.append(n)
+            if len(seen) == 3:
+                raise KeyboardInterrupt  # killed mid-run, after 3 checkpoints
 
-    with pytest.raises(KeyboardInterrupt):
-        collect_stats(bundle, "@down3", ds, progress=die, **kw)
+    with pytest.raises(KeyboardInterrupt), reporting(die):
+        collect_stats(bundle, "@down3", ds, **kw)
     assert ckpt.exists()
     resumed, _ = collect_stats(bundle, "@down3", ds, **kw)
     clean, _ = collect_stats(bundle, "@down3", ds, device=torch.device("cpu"), batch_size=16)

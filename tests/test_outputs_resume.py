@@ -16,7 +16,7 @@ import torch
 
 from poolcli.io.tensorfile import read_tensors, write_tensors
 
-from .conftest import CNN, ROOT
+from .conftest import CNN, ROOT, reporting
 
 
 def test_files_respect_the_umask(tmp_path):
@@ -47,14 +47,51 @@ def test_symlink_is_written_through_and_stale_temps_go(tmp_path):
 
 def test_same_inputs_give_the_same_bytes(tmp_path, cli):
     for i in (0, 1):
-        assert cli("-q", "collect", CNN, "--site", "@down3", "--limit", "200", "-o", tmp_path / f"s{i}")[0] == 0
-        assert cli("-q", "fit-pooling", "--stats", tmp_path / f"s{i}", "--alpha", "2", "-o", tmp_path / f"p{i}")[0] == 0
-        code = cli("-q", "convert", CNN, "--swap", "@down3=ppool", "--swap", "@global=gem", "-o", tmp_path / f"c{i}")[0]
+        assert (
+            cli("-q", "collect", CNN, "--site", "@down3", "--limit", "200", "-o", tmp_path / f"s{i}.safetensors")[0]
+            == 0
+        )
+        assert (
+            cli(
+                "-q",
+                "fit-pooling",
+                "--stats",
+                tmp_path / f"s{i}.safetensors",
+                "--alpha",
+                "2",
+                "-o",
+                tmp_path / f"p{i}.safetensors",
+            )[0]
+            == 0
+        )
+        code = cli(
+            "-q",
+            "convert",
+            CNN,
+            "--swap",
+            "@down3=ppool",
+            "--swap",
+            "@global=gem",
+            "-o",
+            tmp_path / f"c{i}.safetensors",
+        )[0]
         assert code == 0
-        code = cli("-q", "finetune", tmp_path / f"c{i}", "--epochs", "1", "--limit", "128", "-o", tmp_path / f"f{i}")[0]
+        code = cli(
+            "-q",
+            "finetune",
+            tmp_path / f"c{i}.safetensors",
+            "--epochs",
+            "1",
+            "--limit",
+            "128",
+            "-o",
+            tmp_path / f"f{i}.safetensors",
+        )[0]
         assert code == 0
     for stem in "spcf":
-        assert (tmp_path / f"{stem}0").read_bytes() == (tmp_path / f"{stem}1").read_bytes(), stem
+        assert (tmp_path / f"{stem}0.safetensors").read_bytes() == (tmp_path / f"{stem}1.safetensors").read_bytes(), (
+            stem
+        )
 
 
 def test_merge_reports_complete_and_missing_shards(tmp_path, cli):
@@ -70,16 +107,40 @@ def test_merge_reports_complete_and_missing_shards(tmp_path, cli):
             "--shard",
             f"{i}/3",
             "-o",
-            tmp_path / f"s{i}",
+            tmp_path / f"s{i}.safetensors",
         )
         assert cli(*args)[0] == 0
-    assert cli("-q", "stats", "merge", tmp_path / "s0", tmp_path / "s2", "-o", tmp_path / "m02")[0] == 0
-    meta = read_tensors(tmp_path / "m02")[1]
+    assert (
+        cli(
+            "-q",
+            "stats",
+            "merge",
+            tmp_path / "s0.safetensors",
+            tmp_path / "s2.safetensors",
+            "-o",
+            tmp_path / "m02.safetensors",
+        )[0]
+        == 0
+    )
+    meta = read_tensors(tmp_path / "m02.safetensors")[1]
     assert meta["shard"] == "partial-merge" and meta["shards"] == [0, 2]
-    code, _, err = cli("stats", "merge", tmp_path / "m02", tmp_path / "s2", "-o", tmp_path / "bad")
-    assert code == 2 and "both hold shard 2/3" in err and not (tmp_path / "bad").exists()
-    assert cli("-q", "stats", "merge", tmp_path / "m02", tmp_path / "s1", "-o", tmp_path / "all")[0] == 0
-    assert read_tensors(tmp_path / "all")[1]["shard"] == "merged"
+    code, _, err = cli(
+        "stats", "merge", tmp_path / "m02.safetensors", tmp_path / "s2.safetensors", "-o", tmp_path / "bad.safetensors"
+    )
+    assert code == 2 and "both hold shard 2/3" in err and not (tmp_path / "bad.safetensors").exists()
+    assert (
+        cli(
+            "-q",
+            "stats",
+            "merge",
+            tmp_path / "m02.safetensors",
+            tmp_path / "s1.safetensors",
+            "-o",
+            tmp_path / "all.safetensors",
+        )[0]
+        == 0
+    )
+    assert read_tensors(tmp_path / "all.safetensors")[1]["shard"] == "merged"
 
 
 def _collect_kwargs(ckpt):
@@ -98,15 +159,17 @@ def test_resume_continues_where_it_stopped_bit_identical(tmp_path, stop_after):
     ckpt = tmp_path / "partial.safetensors"
     seen = []
 
-    def die(n):
-        seen.append(n)
-        if len(seen) == stop_after:  # Ctrl-C after this batch: the partial is saved on the way out
-            raise KeyboardInterrupt
+    def die(description, n):
+        if description.startswith("collect stage"):
+            seen.append(n)
+            if len(seen) == stop_after + 1:  # Ctrl-C after this batch: the partial is saved on the way out
+                raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        collect_stats(bundle, "@down3", ds, progress=die, **_collect_kwargs(ckpt))
+    with pytest.raises(KeyboardInterrupt), reporting(die):
+        collect_stats(bundle, "@down3", ds, **_collect_kwargs(ckpt))
     ran = []
-    resumed, _ = collect_stats(bundle, "@down3", ds, progress=ran.append, **_collect_kwargs(ckpt))
+    with reporting(lambda description, n: ran.append(n) if description.startswith("collect stage") else None):
+        resumed, _ = collect_stats(bundle, "@down3", ds, **_collect_kwargs(ckpt))
     assert ran[0] == stop_after * 64  # it started after the saved batches, not at image 0 or 1024
     clean, _ = collect_stats(bundle, "@down3", ds, device=torch.device("cpu"), batch_size=64)
     for name, t in clean.tensors().items():

@@ -58,6 +58,7 @@ def _root(
 ) -> None:
     common.STATE["quiet"] = common.STATE["quiet"] or quiet
     common.STATE["debug"] = common.STATE["debug"] or debug
+    common.install_reporter()
 
 
 def _register() -> None:
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in head if a not in ("--debug", "--quiet", "-q")] + argv[len(head) :]
     _register()
     command = typer.main.get_command(app)
+    _tidy_help(command)
     ce = _click_exceptions()
     exit_types = (typer.Exit,) + tuple(m.Exit for m in ce if hasattr(m, "Exit"))
     click_errors = tuple(m.ClickException for m in ce)
@@ -124,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _tidy_help(command: object) -> None:
+    """Flags show no value placeholder (typer's rich help would print ``<bool>``)."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
+            param.metavar = ""
+    for sub in (getattr(command, "commands", None) or {}).values():
+        _tidy_help(sub)
 
 
 def _usage_message(e: Exception) -> str | None:

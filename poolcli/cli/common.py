@@ -6,22 +6,34 @@ Everything here is presentation; the commands call library functions and hand re
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import platform
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 from .. import __version__
+from ..errors import BadInputError
 from ..io.tensorfile import json_safe
-from ..text import LINE_LIMIT, literal
+from ..text import LINE_LIMIT, literal, quote
 
 STATE: dict[str, Any] = {"quiet": False, "debug": False}
 
@@ -78,41 +90,86 @@ def environment() -> dict[str, str]:
     }
 
 
+class _Rate(ProgressColumn):
+    """Throughput in the task's unit (``42.1 images/s``)."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "")
+        return Text("" if speed is None else f"{speed:,.1f} {unit}/s")
+
+
+class CliReporter:
+    """A live bar (count, rate, elapsed, ETA) on a terminal; on a log (stderr not a terminal), one plain line
+    every ``POOLCLI_PROGRESS_SECONDS`` (default 30) and one at the end of tasks that printed any."""
+
+    def __init__(self, con: Console, interval: float | None = None):
+        self.con = con
+        self.interval = float(os.environ.get("POOLCLI_PROGRESS_SECONDS", 30)) if interval is None else interval
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None, unit: str) -> Iterator[Any]:
+        if self.con.is_terminal:
+            with Progress(
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                MofNCompleteColumn(),
+                _Rate(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.con,
+                transient=True,
+            ) as bar:
+                tid = bar.add_task(description, total=total, unit=unit)
+                yield lambda n=1: bar.advance(tid, n)
+            return
+        yield from self._lines(description, total, unit)
+
+    def _lines(self, description: str, total: int | None, unit: str) -> Iterator[Any]:
+        start = last = time.monotonic()
+        done, printed = 0, False
+
+        def line(final: bool) -> str:
+            elapsed = max(time.monotonic() - start, 1e-9)
+            rate = done / elapsed
+            of = f"/{total:,}" if total else ""
+            pct = f" ({100 * done / total:.1f}%)" if total else ""
+            eta = f", ~{(total - done) / rate:.0f} s left" if total and rate > 0 and not final else ""
+            return f"{description}: {done:,}{of} {unit}{pct}, {rate:,.1f} {unit}/s, {elapsed:.0f} s{eta}"
+
+        def advance(n: int = 1) -> None:
+            nonlocal done, last, printed
+            done += n
+            now = time.monotonic()
+            if now - last >= self.interval:
+                last, printed = now, True
+                self.con.print(line(False), soft_wrap=True)
+
+        yield advance
+        if printed:
+            self.con.print(line(True) + " (done)", soft_wrap=True)
+
+
+def install_reporter() -> None:
+    """Progress of every pipeline step goes to stderr (nothing when --quiet)."""
+    from .. import progress as _progress
+
+    _progress.set_reporter(None if STATE["quiet"] else CliReporter(console()))
+
+
 @contextlib.contextmanager
-def progress(description: str, total: int | None) -> Iterator[Any]:
-    """A transient progress bar on stderr; a no-op when quiet or when stderr is not a terminal."""
-    con = console()
-    if STATE["quiet"] or not con.is_terminal:
-        yield lambda n=1: None
-        return
-    with Progress(
-        TextColumn("{task.description}", markup=False),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=con,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+def progress(description: str, total: int | None, unit: str = "images") -> Iterator[Any]:
+    """A progress view for CLI-level loops (the pipelines report through :mod:`poolcli.progress`)."""
+    from .. import progress as _progress
+
+    with _progress.task(description, total, unit) as advance:
+        yield advance
 
 
 # ----------------------------------------------------------------------------- option types
 ModelArg = Annotated[
     str, typer.Argument(help="Model: a poolcli checkpoint (.safetensors), timm:NAME, tv:NAME or poolcli:NAME.")
-]
-WeightsOpt = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--weights", help="Weights for timm:/tv: models: .safetensors, or .pt/.pth read with weights_only=True."
-    ),
-]
-NumClassesOpt = Annotated[
-    Optional[int], typer.Option("--num-classes", help="Classifier outputs (timm:/tv:/poolcli: specs).")
-]
-InChansOpt = Annotated[Optional[int], typer.Option("--in-chans", help="Input channels (timm:/poolcli: specs).")]
-InputSizeOpt = Annotated[
-    Optional[str], typer.Option("--input-size", help="Input size CxHxW, e.g. 3x224x224 (default: the model's).")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (a GPU when present), cpu or cuda[:N].")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")]
@@ -130,7 +187,7 @@ DataOpt = Annotated[
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="Class subset, e.g. 0-4 or 1,3,7.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use at most N images (a seeded random subset).")]
 BadImagesOpt = Annotated[
-    str,
+    Literal["error", "skip"],
     typer.Option(
         "--bad-images",
         help="error: an unreadable image file stops the run, naming it; skip: decode every selected image once "
@@ -140,13 +197,70 @@ BadImagesOpt = Annotated[
 MaxPerClassOpt = Annotated[Optional[int], typer.Option("--max-per-class", help="Use at most N images per class.")]
 
 
-def load_bundle(
-    model: str,
-    weights: Path | None = None,
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    input_size: str | None = None,
-):
-    from ..models.spec import build_model
+InterpOpt = Literal["bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"]
 
-    return build_model(model, weights=weights, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+MODEL_PANEL = "Model options"
+
+# the model options every command that runs a model takes (added to each by @model_options)
+_MODEL_PARAMS = [
+    ("weights", Optional[Path], None, typer.Option(
+        "--weights", metavar="FILE",
+        help="Weights file: .safetensors, or .pt/.pth (weights_only; timm/torchvision training checkpoints "
+        "are unwrapped).")),
+    ("pretrained", bool, False, typer.Option(
+        "--pretrained",
+        help="timm:/tv: pretrained weights from the local cache (HF hub / torch hub; never downloaded).")),
+    ("use_ema", bool, False, typer.Option(
+        "--use-ema", help="Take the EMA weights of a training checkpoint.")),
+    ("num_classes", Optional[int], None, typer.Option(
+        "--num-classes", metavar="N",
+        help="Classifier outputs (timm:/tv:/poolcli:); weights for other classes get a new head.")),
+    ("in_chans", Optional[int], None, typer.Option(
+        "--in-chans", metavar="C", help="Input channels (timm:/poolcli: specs).")),
+    ("input_size", Optional[str], None, typer.Option(
+        "--input-size", metavar="CxHxW", help="Input size, e.g. 3x224x224 (default: the model's).")),
+    ("crop_pct", Optional[float], None, typer.Option(
+        "--crop-pct", metavar="F", help="Photos: centre-crop fraction of the resized image (default: the model's).")),
+    ("interpolation", Optional[InterpOpt], None, typer.Option(
+        "--interpolation", help="Photos: resize interpolation (default: the model's).")),
+    ("mean", Optional[str], None, typer.Option(
+        "--mean", metavar="M[,M,M]", help="Normalisation mean per channel (default: the model's).")),
+    ("std", Optional[str], None, typer.Option(
+        "--std", metavar="S[,S,S]", help="Normalisation std per channel (default: the model's).")),
+]  # fmt: skip
+MODEL_OPTION_NAMES = tuple(p[0] for p in _MODEL_PARAMS)
+for _param in _MODEL_PARAMS:
+    _param[3].rich_help_panel = MODEL_PANEL
+
+
+def _floats(option: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise BadInputError(f"bad {option} {quote(text)}: give numbers separated by commas, e.g. 0.5,0.5,0.5") from None
+
+
+def model_options(fn: Callable) -> Callable:
+    """Add the shared model options to a command; it receives them as one dict ``model_opts`` (ready for
+    :func:`poolcli.api.load_model`)."""
+    sig = inspect.signature(fn, eval_str=True)
+    params = [p for p in sig.parameters.values() if p.name != "model_opts"]
+    own = {p.name for p in params}  # a command may declare one itself (evaluate: one --weights per model)
+    added = [p for p in _MODEL_PARAMS if p[0] not in own]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, opt])
+        for name, kind, default, opt in added
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        opts = {name: kwargs.pop(name) for name, *_ in added}
+        for key in ("mean", "std"):
+            if key in opts:
+                opts[key] = _floats(f"--{key}", opts[key])
+        return fn(*args, model_opts=opts, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=[*params, *extra])  # type: ignore[attr-defined]
+    return wrapper

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ..data.specs import make_loader, open_dataset
-from ..evaluate.classification import METRIC_DEFINITIONS, evaluate_classifier
-from ..runtime import resolve_device, seed_everything
 from .app import app
 from .common import (
     STATE,
@@ -22,71 +20,28 @@ from .common import (
     LimitOpt,
     MaxPerClassOpt,
     SeedOpt,
-    WeightsOpt,
     WorkersOpt,
     console,
     emit_json,
-    environment,
-    load_bundle,
-    progress,
+    model_options,
 )
 
 
-def evaluate_models(
-    models: list[str],
-    data: str,
-    *,
-    weights=None,
-    device: str = "auto",
-    batch_size: int = 128,
-    workers: int = 0,
-    seed: int = 0,
-    classes: str | None = None,
-    limit: int | None = None,
-    max_per_class: int | None = None,
-    bad_images: str = "error",
-) -> dict[str, Any]:
-    """Evaluate each model on ``data`` (preprocessed to each model's own input size and normalisation)."""
-    seed_everything(seed)
-    dev = resolve_device(device)
-    results = []
-    for spec in models:
-        bundle = load_bundle(spec, weights)
-        ds = open_dataset(
-            data,
-            input_size=bundle.input_size,
-            mean=bundle.mean,
-            std=bundle.std,
-            default_split="test",
-            classes=classes,
-            limit=limit,
-            max_per_class=max_per_class,
-            seed=seed,
-            bad_images=bad_images,
-        )
-        with progress(f"evaluate {spec}", len(ds)) as advance:
-            metrics = evaluate_classifier(bundle.module, make_loader(ds, batch_size, workers), dev, advance)
-        results.append({"model": spec, "dataset": getattr(ds, "description", data), **metrics})
-    return {
-        "schema": "poolcli.evaluate/1",
-        "data": data,
-        "device": str(dev),
-        "batch_size": batch_size,
-        "seed": seed,
-        "selection": {"classes": classes, "limit": limit, "max_per_class": max_per_class},
-        "definitions": METRIC_DEFINITIONS,
-        "results": results,
-        "environment": environment(),
-    }
-
-
 @app.command("evaluate")
+@model_options
 def evaluate_cmd(
     models: Annotated[
         list[str], typer.Argument(help="One or more models (checkpoint, timm:NAME, tv:NAME, poolcli:NAME).")
     ],
     data: DataOpt = "digits:test",
-    weights: WeightsOpt = None,
+    weights: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--weights",
+            metavar="FILE",
+            help="Weights file for each model, in order (repeat it once per model).",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 128,
     workers: WorkersOpt = 0,
@@ -95,17 +50,28 @@ def evaluate_cmd(
     limit: LimitOpt = None,
     max_per_class: MaxPerClassOpt = None,
     bad_images: BadImagesOpt = "error",
+    allow_class_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-class-mismatch", help="Evaluate a checkpoint on data whose class names differ from its own."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
+    model_opts: dict | None = None,
 ) -> None:
     """Top-1/top-5 accuracy, loss and images/s of each model on a dataset.
 
     Example: poolcli evaluate fixtures/digits-cnn.safetensors fixtures/digits-resnet.safetensors
     --data digits:test --json
     """
-    doc = evaluate_models(
+    from .. import api
+
+    doc = api.evaluate(
         models,
         data,
         weights=weights,
+        allow_class_mismatch=allow_class_mismatch,
+        **(model_opts or {}),
         device=device,
         batch_size=batch_size,
         workers=workers,
@@ -117,17 +83,22 @@ def evaluate_cmd(
     )
     if not STATE["quiet"]:
         table = Table(title=f"evaluate on {data} ({doc['device']})", title_justify="left")
-        for col in ("model", "images", "top-1", "top-5", "loss", "images/s"):
-            table.add_column(col, justify="left" if col == "model" else "right")
+        for col in ("model", "weights", "images", "top-1", "top-5", "loss", "images/s"):
+            table.add_column(col, justify="left" if col in ("model", "weights") else "right")
         for r in doc["results"]:
             table.add_row(
                 r["model"],
+                r["weights"].split(":", 1)[0],
                 str(r["n"]),
                 f"{100 * r['top1']:.2f}%",
-                f"{100 * r['top5']:.2f}%",
+                f"{100 * r['top5']:.2f}%" if "top5" in r else "-",
                 f"{r['loss']:.4f}",
                 f"{r['images_per_s']:.0f}",
             )
-        console().print(table)
+        con = console()
+        con.print(table)
+        for r in doc["results"]:
+            for note in r["notes"]:
+                con.print(f"note: {note}")
     if json_out:
         emit_json(doc)

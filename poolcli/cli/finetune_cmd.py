@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.table import Table
 
-from ..io.atomic import check_output
-from ..models.checkpoint import save_checkpoint
-from ..pipeline.finetune import FinetuneConfig, finetune
 from .app import app
 from .common import (
     STATE,
@@ -23,17 +20,16 @@ from .common import (
     LimitOpt,
     MaxPerClassOpt,
     SeedOpt,
-    WeightsOpt,
     WorkersOpt,
     console,
     emit_json,
-    environment,
     info,
-    load_bundle,
+    model_options,
 )
 
 
 @app.command("finetune")
+@model_options
 def finetune_cmd(
     model: Annotated[str, typer.Argument(help="Model to train (usually a 'poolcli convert' checkpoint).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint to write (.safetensors).")],
@@ -44,7 +40,7 @@ def finetune_cmd(
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 10,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate (cosine-annealed to 0).")] = 1e-3,
     optimizer: Annotated[
-        str, typer.Option("--optimizer", help="adam, adamw or sgd (momentum 0.9, Nesterov).")
+        Literal["adam", "adamw", "sgd"], typer.Option("--optimizer", help="sgd: momentum 0.9, Nesterov.")
     ] = "adam",
     weight_decay: Annotated[
         float, typer.Option("--weight-decay", help="Weight decay (not applied to pooling parameters).")
@@ -66,7 +62,6 @@ def finetune_cmd(
             help="Add GSP's zero-shot regulariser at this weight (the GSP papers use 0.1; needs a GSP site).",
         ),
     ] = 0.0,
-    weights: WeightsOpt = None,
     batch_size: BatchOpt = 64,
     workers: WorkersOpt = 0,
     seed: SeedOpt = 0,
@@ -76,14 +71,29 @@ def finetune_cmd(
     max_per_class: MaxPerClassOpt = None,
     bad_images: BadImagesOpt = "error",
     json_out: JsonOpt = False,
+    model_opts: dict | None = None,
 ) -> None:
     """Fine-tune a model (cross-entropy, cosine schedule) and write a checkpoint with the same swaps.
 
     Example: poolcli finetune learned.safetensors --data digits:train --val digits:test --epochs 30
     -o learned-ft.safetensors
     """
-    cfg = FinetuneConfig(
-        data=data,
+
+    def show(rec: dict) -> None:
+        extra = f", val top-1 {100 * rec['val_top1']:.2f}%" if "val_top1" in rec else ""
+        info(
+            f"epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.4f}, train top-1 {100 * rec['train_top1']:.2f}%{extra} "
+            f"({rec['seconds']:.1f}s)"
+        )
+
+    from .. import api
+
+    _, doc = api.finetune(
+        model,
+        data,
+        output=output,
+        on_epoch=show,
+        model_options=model_opts,
         val=val,
         epochs=epochs,
         lr=lr,
@@ -102,21 +112,6 @@ def finetune_cmd(
         max_per_class=max_per_class,
         bad_images=bad_images,
     )
-    cfg.check()
-    check_output(output)
-    bundle = load_bundle(model, weights)
-    check_output(output, nbytes=sum(t.numel() * t.element_size() for t in bundle.module.state_dict().values()))
-
-    def show(rec: dict) -> None:
-        extra = f", val top-1 {100 * rec['val_top1']:.2f}%" if "val_top1" in rec else ""
-        info(
-            f"epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.4f}, train top-1 {100 * rec['train_top1']:.2f}%{extra} "
-            f"({rec['seconds']:.1f}s)"
-        )
-
-    bundle, doc = finetune(bundle, cfg, on_epoch=show)
-    save_checkpoint(bundle, None, output)
-    doc = {**doc, "model": model, "output": str(output), "environment": environment()}
     if not STATE["quiet"]:
         table = Table(title=f"finetune {model} → {output}", title_justify="left")
         for col in ("epochs", "images", "trainable params", "loss", "train top-1", "val top-1", "seconds"):

@@ -11,16 +11,11 @@ from ..models.sites import SiteReport, discover_sites, format_macs
 from .app import app
 from .common import (
     STATE,
-    InChansOpt,
-    InputSizeOpt,
     JsonOpt,
     ModelArg,
-    NumClassesOpt,
-    WeightsOpt,
     console,
     emit_json,
-    environment,
-    load_bundle,
+    model_options,
 )
 
 
@@ -30,7 +25,11 @@ def _shape(s: list[int]) -> str:
 
 def render_sites(report: SiteReport, title: str) -> Table:
     table = Table(title=title, title_justify="left")
+    longest = max((len(s.path) for s in report.sites), default=4)
     for col in ("#", "alias", "site", "kind", "op", "k/s", "input → output", "MACs", "share", "role"):
+        if col == "site":  # the path a user copies into --site: never folded or cut, other columns give way
+            table.add_column(col, no_wrap=True, min_width=longest)
+            continue
         table.add_column(col, justify="right" if col in ("#", "MACs", "share") else "left", overflow="fold")
     for s in report.sites:
         ks = f"{'x'.join(map(str, s.kernel))}/{'x'.join(map(str, s.stride))}" if s.kernel and s.stride else "-"
@@ -58,6 +57,8 @@ def render_sites(report: SiteReport, title: str) -> Table:
 
 
 def inspect_document(spec: str, bundle: Any, report: SiteReport) -> dict[str, Any]:
+    from .. import api
+
     return {
         "schema": "poolcli.inspect/1",
         "model": spec,
@@ -66,30 +67,33 @@ def inspect_document(spec: str, bundle: Any, report: SiteReport) -> dict[str, An
         "num_classes": bundle.num_classes,
         "mean": list(bundle.mean),
         "std": list(bundle.std),
+        "weights": bundle.weights,
+        "preprocess": bundle.transform.describe(),
         "params": sum(p.numel() for p in bundle.module.parameters()),
         "macs_definition": "multiply-accumulates of one image's forward pass (conv, linear, pooling taps)",
         **report.to_dict(),
-        "environment": environment(),
+        "environment": api.environment(),
     }
 
 
 @app.command("inspect")
+@model_options
 def inspect_cmd(
     model: ModelArg,
-    weights: WeightsOpt = None,
-    num_classes: NumClassesOpt = None,
-    in_chans: InChansOpt = None,
-    input_size: InputSizeOpt = None,
     site: Annotated[
-        Optional[str], typer.Option("--site", help="Show only this site (alias like @down3, or a module path).")
+        Optional[str],
+        typer.Option("--site", metavar="SITE", help="Show only this site (alias like @down3, or a module path)."),
     ] = None,
     json_out: JsonOpt = False,
+    model_opts: dict | None = None,
 ) -> None:
     """List pooling/downsampling sites: path, kind, kernel/stride, shapes, cost, aliases (@global, @downK).
 
     Example: poolcli inspect tv:resnet18 --json | jq '.aliases'
     """
-    bundle = load_bundle(model, weights, num_classes, in_chans, input_size)
+    from .. import api
+
+    bundle = api.load_model(model, **(model_opts or {}))
     report = discover_sites(bundle.module, bundle.input_size)
     if site is not None:
         chosen = report.resolve(site, bundle.module)

@@ -237,3 +237,56 @@ def make_loader(
         drop_last=drop_last,
         persistent_workers=False,
     )
+
+
+class _ItemImages:
+    """index → the image of ``dataset[index]`` (already a model input: the caller's own transform ran)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.dataset[i][0]
+
+
+class Passthrough:
+    """The preprocessing of a dataset whose items are model inputs already."""
+
+    def __init__(self, input_size: tuple[int, ...]):
+        self.input_size = tuple(input_size)
+
+    def signature(self) -> tuple:
+        return ("Passthrough", self.input_size)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return img
+
+
+def wrap_dataset(dataset: Dataset, input_size: tuple[int, ...], classes: list[str] | None = None) -> ImageDataset:
+    """Any map-style dataset of ``(input tensor, int label)`` as an :class:`ImageDataset` (labels read from
+    ``dataset.targets`` when it has them, else from every item once)."""
+    if isinstance(dataset, ImageDataset):
+        return dataset
+    n = len(dataset)  # type: ignore[arg-type]
+    targets = getattr(dataset, "targets", None)
+    labels = torch.as_tensor(list(targets) if targets is not None else [int(dataset[i][1]) for i in range(n)])
+    from .sources import check_labels
+
+    labels = check_labels(labels, None, type(dataset).__name__)
+    names = (
+        classes
+        or [str(c) for c in getattr(dataset, "classes", [])]
+        or [str(i) for i in range(int(labels.max()) + 1 if n else 0)]
+    )
+    raw = RawDataset(
+        labels=labels,
+        classes=names,
+        get_image=_ItemImages(dataset),
+        description=f"python:{type(dataset).__name__} ({n} images)",
+        identity=f"python:{type(dataset).__module__}.{type(dataset).__qualname__}:{id(dataset)}",
+        channels=int(input_size[0]),
+    )
+    ds = ImageDataset(raw, torch.arange(n), Passthrough(input_size))  # type: ignore[arg-type]
+    ds.description = raw.description  # type: ignore[attr-defined]
+    ds.skipped = []  # type: ignore[attr-defined]
+    return ds

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from ..progress import task
+
 
 def output_grid(in_hw: tuple[int, int], stride: int) -> tuple[int, int]:
     return (max(1, in_hw[0] // stride), max(1, in_hw[1] // stride))
@@ -52,14 +54,16 @@ def solve_exact(A: torch.Tensor, B: torch.Tensor, penalty: torch.Tensor, alpha: 
     n = a.shape[0]
     kk = min(k + 1, n)
     vecs, vals, guard = [], [], []
-    for c in penalty.double().numpy():
-        g = b.copy()
-        g[range(n), range(n)] += alpha * c
-        w, v = scipy.linalg.eigh(a, g, subset_by_index=[n - kk, n - 1], driver="gvx")
-        w, v = w[::-1], v[:, ::-1]
-        vals.append(torch.from_numpy(w[:k].copy()))
-        vecs.append(torch.from_numpy(v[:, :k].copy()))
-        guard.append(float(w[k]) if kk > k else math.nan)
+    with task(f"fit α={alpha:g}: eigen-solve", penalty.shape[0], unit="locations") as advance:
+        for c in penalty.double().numpy():
+            g = b.copy()
+            g[range(n), range(n)] += alpha * c
+            w, v = scipy.linalg.eigh(a, g, subset_by_index=[n - kk, n - 1], driver="gvx")
+            w, v = w[::-1], v[:, ::-1]
+            vals.append(torch.from_numpy(w[:k].copy()))
+            vecs.append(torch.from_numpy(v[:, :k].copy()))
+            guard.append(float(w[k]) if kk > k else math.nan)
+            advance(1)
     return EigResult(torch.stack(vecs), torch.stack(vals), torch.tensor(guard, dtype=torch.float64), 0, 0.0)
 
 
@@ -132,30 +136,32 @@ def solve_lobpcg(
     P = None
     it = 0
     rel = math.inf
-    for it in range(1, max_iter + 1):  # noqa: B007 (it is reported after the loop)
-        X, GX, AX = _renormalise(X, GX, AX)
-        lam = (X * AX).sum(1)
-        R = AX - GX * lam[:, None, :]
-        norms = R.norm(dim=1) / (AX.norm(dim=1) + lam.abs() * GX.norm(dim=1) + 1e-300)  # [M, nb]
-        rel = float(norms[:, :k].max())
-        if rel < tol:
-            break
-        done = (norms[:, :k].amax(dim=1) < tol)[:, None, None]  # locked problems keep their vectors
-        W = precond[:, :, None] * R
-        new = W if P is None else torch.cat([W, P], dim=2)
-        S = torch.cat([X, new], dim=2)
-        # G·[W, P] fresh in one GEMM: P comes from a cancellation, so a carried G·P drifts from G times P
-        GS = torch.cat([GX, _apply_G(B, penalty, alpha, new)], dim=2)
-        S, GS = _svqb(*_svqb(S, GS, 1e-8), 1e-8)  # twice: one pass loses orthogonality near convergence
-        AS = _apply_A(A_factor, S, dense)
-        red = S.transpose(1, 2) @ AS
-        red = 0.5 * (red + red.transpose(1, 2))
-        theta, Y = torch.linalg.eigh(red)
-        Y = Y.flip(-1)[:, :, :nb]  # top nb Ritz vectors (zeroed directions have θ = 0 ≤ top ones)
-        Xn, GXn, AXn = S @ Y, GS @ Y, AS @ Y
-        coef = X.transpose(1, 2) @ GXn  # implicit P: the new block minus its component along the old X
-        P = Xn - X @ coef
-        X, GX, AX = torch.where(done, X, Xn), torch.where(done, GX, GXn), torch.where(done, AX, AXn)
+    with task(f"fit α={alpha:g}: LOBPCG (all locations at once)", max_iter, unit="iterations") as advance:
+        for it in range(1, max_iter + 1):  # noqa: B007 (it is reported after the loop)
+            X, GX, AX = _renormalise(X, GX, AX)
+            lam = (X * AX).sum(1)
+            R = AX - GX * lam[:, None, :]
+            norms = R.norm(dim=1) / (AX.norm(dim=1) + lam.abs() * GX.norm(dim=1) + 1e-300)  # [M, nb]
+            rel = float(norms[:, :k].max())
+            if rel < tol:
+                break
+            done = (norms[:, :k].amax(dim=1) < tol)[:, None, None]  # locked problems keep their vectors
+            W = precond[:, :, None] * R
+            new = W if P is None else torch.cat([W, P], dim=2)
+            S = torch.cat([X, new], dim=2)
+            # G·[W, P] fresh in one GEMM: P comes from a cancellation, so a carried G·P drifts from G times P
+            GS = torch.cat([GX, _apply_G(B, penalty, alpha, new)], dim=2)
+            S, GS = _svqb(*_svqb(S, GS, 1e-8), 1e-8)  # twice: one pass loses orthogonality near convergence
+            AS = _apply_A(A_factor, S, dense)
+            red = S.transpose(1, 2) @ AS
+            red = 0.5 * (red + red.transpose(1, 2))
+            theta, Y = torch.linalg.eigh(red)
+            Y = Y.flip(-1)[:, :, :nb]  # top nb Ritz vectors (zeroed directions have θ = 0 ≤ top ones)
+            Xn, GXn, AXn = S @ Y, GS @ Y, AS @ Y
+            coef = X.transpose(1, 2) @ GXn  # implicit P: the new block minus its component along the old X
+            P = Xn - X @ coef
+            X, GX, AX = torch.where(done, X, Xn), torch.where(done, GX, GXn), torch.where(done, AX, AXn)
+            advance(1)
     xax = X.transpose(1, 2) @ AX
     theta, Y = torch.linalg.eigh(0.5 * (xax + xax.transpose(1, 2)))
     Y = Y.flip(-1)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from ..io.schema import Schema
 from ..io.tensorfile import check_finite, read_tensors, write_tensors
 from ..models.bundle import ModelBundle
 from ..models.sites import Site, discover_sites, is_strided_conv
+from ..progress import task
 from ..text import quote
 from .fingerprint import dataset_fingerprint, model_fingerprint
 
@@ -119,16 +120,18 @@ def channel_moments(
     count = 0
     cache: list[torch.Tensor] | None = [] if cache_bytes > 0 else None
     used = 0
-    for x, _ in make_loader(sub, batch_size):
-        m = _maps(module, x.to(device), box)
-        _check_finite_maps(m, count // max(1, m.shape[2] * m.shape[3]))
-        if cache is not None:
-            used += m.numel() * m.element_size()
-            cache = cache + [m.detach().clone()] if used <= cache_bytes else None
-        m = m.double()
-        s1 = m.sum((0, 2, 3)) if s1 is None else s1 + m.sum((0, 2, 3))
-        s2 = (m * m).sum((0, 2, 3)) if s2 is None else s2 + (m * m).sum((0, 2, 3))
-        count += m.shape[0] * m.shape[2] * m.shape[3]
+    with task("collect: channel scale pass", len(sub)) as advance:
+        for x, _ in make_loader(sub, batch_size):
+            m = _maps(module, x.to(device), box)
+            _check_finite_maps(m, count // max(1, m.shape[2] * m.shape[3]))
+            if cache is not None:
+                used += m.numel() * m.element_size()
+                cache = cache + [m.detach().clone()] if used <= cache_bytes else None
+            m = m.double()
+            s1 = m.sum((0, 2, 3)) if s1 is None else s1 + m.sum((0, 2, 3))
+            s2 = (m * m).sum((0, 2, 3)) if s2 is None else s2 + (m * m).sum((0, 2, 3))
+            count += m.shape[0] * m.shape[2] * m.shape[3]
+            advance(x.shape[0])
     mean = s1 / count
     std = (s2 / count - mean * mean).clamp(min=0).sqrt()
     scale = torch.where(std > 1e-12, std, torch.ones_like(std))
@@ -265,7 +268,6 @@ def collect_stats(
     checkpoint: Path | None = None,
     checkpoint_every: int = 0,
     description: dict | None = None,
-    progress: Callable[[int], None] | None = None,
     cache_bytes: int | None = None,
     output: Path | None = None,
 ) -> tuple[ScatterStats, dict[str, Any]]:
@@ -363,17 +365,16 @@ def collect_stats(
                 what="the partial file",
             )
 
-        if progress and start:
-            progress(int(stats.counts.sum()))
         try:
-            for maps, y in _batches(module, ds, batches[start:], cached, box, device, batch_size, workers):
-                _check_finite_maps(maps, int(batches[done][0]))
-                stats.update(maps, y)
-                done += 1
-                if progress:
-                    progress(int(y.numel()))
-                if checkpoint is not None and checkpoint_every and done % checkpoint_every == 0:
-                    save_partial()
+            with task(f"collect {chosen.path}", len(mine), scale=world) as advance:
+                advance(sum(int(b.numel()) for b in batches[:start]))  # resumed: what the partial holds
+                for maps, y in _batches(module, ds, batches[start:], cached, box, device, batch_size, workers):
+                    _check_finite_maps(maps, int(batches[done][0]))
+                    stats.update(maps, y)
+                    done += 1
+                    advance(int(y.numel()))
+                    if checkpoint is not None and checkpoint_every and done % checkpoint_every == 0:
+                        save_partial()
         except KeyboardInterrupt:
             if checkpoint is not None and checkpoint_every and done > start:
                 save_partial()

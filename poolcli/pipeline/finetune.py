@@ -23,6 +23,7 @@ from ..models.surgery import swapped_operators
 from ..ops.gsp import GSP, ZSRLoss
 from ..runtime import resolve_device, seed_everything
 from ..train.loop import param_groups, train_classifier
+from .fingerprint import model_fingerprint
 
 
 @dataclasses.dataclass
@@ -77,6 +78,7 @@ def finetune(
 ) -> tuple[ModelBundle, dict[str, Any]]:
     """Train ``bundle.module`` in place; returns the bundle (manifest extra updated) and a report."""
     cfg.check()
+    parent_digest = model_fingerprint(bundle)  # before training changes the weights
     side = min(bundle.input_size[1:])
     if cfg.shift >= side:
         raise BadInputError(
@@ -86,9 +88,7 @@ def finetune(
     seed_everything(cfg.seed)
     dev = resolve_device(cfg.device)
     common = dict(
-        input_size=bundle.input_size,
-        mean=bundle.mean,
-        std=bundle.std,
+        transform=bundle.transform,
         classes=cfg.classes,
         seed=cfg.seed,
         bad_images=cfg.bad_images,
@@ -99,6 +99,16 @@ def finetune(
         raise BadInputError(
             f"{cfg.data} has labels up to {int(train.labels.max())} but the model has {outputs} outputs; "
             "select classes with --classes or build the model with --num-classes"
+        )
+    if outputs is not None and len(train.classes) != outputs:
+        raise BadInputError(
+            f"{cfg.data} has {len(train.classes)} classes but {bundle.spec} has {outputs} outputs; build it with "
+            f"--num-classes {len(train.classes)} (a head trained for other classes is re-initialised)"
+        )
+    if bundle.classes is not None and list(bundle.classes) != list(train.classes):
+        raise BadInputError(
+            f"{cfg.data}'s class names differ from those {bundle.spec} was trained on; fine-tune it on data of "
+            "the same classes, or start from its architecture with --num-classes"
         )
     val = open_dataset(cfg.val, default_split="test", **common) if cfg.val else None
     pool_paths = [s["site"] for s in bundle.swaps if s.get("op")]
@@ -151,9 +161,13 @@ def finetune(
         "pool_sites": pool_paths,
         "final": final,
     }
-    extra = {**bundle.extra, "finetune": [*bundle.extra.get("finetune", []), record]}
-    report = {"schema": "poolcli.finetune/1", **record, "final": history[-1], "seconds": seconds, "history": history}
-    return dataclasses.replace(bundle, extra=extra), report
+    # the parent's facts (its accuracy, its own training) are lineage, not facts of this model
+    parent = {k: v for k, v in bundle.extra.items() if k != "lineage"}
+    # the parent by its content (a path would make the same run give other bytes from another folder)
+    lineage = [*bundle.extra.get("lineage", []), {"parent_sha256": parent_digest, **parent}]
+    extra = {"lineage": lineage, "finetune": record}
+    report = {"schema": "poolcli.finetune/2", **record, "final": history[-1], "seconds": seconds, "history": history}
+    return dataclasses.replace(bundle, extra=extra, classes=list(train.classes)), report
 
 
 def _zsr(

@@ -30,9 +30,7 @@ def init_gsp_prototypes(bundle: ModelBundle, data: str, images: int = 1024, batc
         raise BadInputError(f"--init-images must be ≥ 1, got {images}")
     ds = open_dataset(
         data,
-        input_size=bundle.input_size,
-        mean=bundle.mean,
-        std=bundle.std,
+        transform=bundle.transform,
         default_split="train",
         limit=images,
         seed=seed,

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..data.augment import random_shift
 from ..errors import RunError
+from ..progress import task
 
 
 def param_groups(
@@ -87,27 +88,29 @@ def train_classifier(
         module.train()
         t0 = time.perf_counter()
         loss_sum, correct, n = 0.0, 0, 0
-        for step, (x, y) in enumerate(loader, 1):
-            x = random_shift(x, max_shift, gen)
-            x, y = x.to(device), y.to(device)
-            logits = module(x)
-            loss = F.cross_entropy(logits, y)
-            if extra_loss is not None:
-                loss = loss + extra_loss(y)
-            if not bool(torch.isfinite(loss.detach())):
-                raise RunError(
-                    f"training diverged at epoch {epoch + 1}, step {step}: the loss is "
-                    f"{float(loss.detach())}; lower --lr, check the images, or start from finite weights "
-                    "(nothing was written)"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched:
-                sched.step()
-            loss_sum += float(loss.detach()) * y.numel()
-            correct += int((logits.argmax(1) == y).sum())
-            n += y.numel()
+        with task(f"train epoch {epoch + 1}/{epochs}", len(loader.dataset), unit="images") as advance:  # type: ignore[arg-type]
+            for step, (x, y) in enumerate(loader, 1):
+                x = random_shift(x, max_shift, gen)
+                x, y = x.to(device), y.to(device)
+                logits = module(x)
+                loss = F.cross_entropy(logits, y)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(y)
+                if not bool(torch.isfinite(loss.detach())):
+                    raise RunError(
+                        f"training diverged at epoch {epoch + 1}, step {step}: the loss is "
+                        f"{float(loss.detach())}; lower --lr, check the images, or start from finite weights "
+                        "(nothing was written)"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched:
+                    sched.step()
+                loss_sum += float(loss.detach()) * y.numel()
+                correct += int((logits.argmax(1) == y).sum())
+                n += y.numel()
+                advance(int(y.numel()))
         rec = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(n, 1),

@@ -1,0 +1,494 @@
+"""poolcli's Python API: one function per step of the job, the same functions the CLI calls.
+
+    import poolcli
+    model = poolcli.load_model("timm:resnet18", pretrained=True)      # a ModelBundle: .module, .transform
+    sites = poolcli.inspect(model)                                      # SiteReport
+    stats, meta = poolcli.collect(model, "@down3", "folder:photos:train")
+    report = poolcli.fit(stats, meta, alphas=[25], output="pool.safetensors")
+    new, info = poolcli.convert(model, ["@down3=learned:pool.safetensors"], output="learned.safetensors")
+    new, info = poolcli.finetune(new, "folder:photos:train", epochs=3, output="ft.safetensors")
+    scores = poolcli.evaluate([new], "folder:photos:val")
+
+Models are spec strings (a poolcli checkpoint, ``timm:NAME``, ``tv:NAME``, ``poolcli:NAME``), a
+:class:`~poolcli.models.bundle.ModelBundle` (from :func:`load_model`) or a bare ``nn.Module`` (give
+``input_size``; such a model can be used but not saved as a checkpoint). Data are spec strings
+(``digits:train``, ``folder:PATH[:SPLIT]``, ``cifar10:PATH``, ``tensors:FILE`` ...) preprocessed with the
+model's own transform, or a ``Dataset``/``DataLoader`` of ``(input tensor, label)`` items already
+preprocessed. Results are plain objects: dataclasses and JSON-ready dicts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import BadInputError
+from .models.bundle import ModelBundle
+from .text import quote
+
+MODEL_OPTIONS = (
+    "weights",
+    "pretrained",
+    "use_ema",
+    "num_classes",
+    "in_chans",
+    "input_size",
+    "crop_pct",
+    "interpolation",
+    "mean",
+    "std",
+)
+
+
+class RandomWeightsWarning(UserWarning):
+    """A timm/torchvision/poolcli architecture is used with random weights."""
+
+
+class ClassMismatchError(BadInputError):
+    """The dataset's class names are not the checkpoint's."""
+
+
+# ----------------------------------------------------------------------------- models and data
+def load_model(model: Any, **options: Any) -> ModelBundle:
+    """A :class:`ModelBundle` (module + manifest + preprocessing: ``bundle.transform``) from a spec string,
+    a bundle (returned as it is) or an ``nn.Module`` (``input_size=(C, H, W)`` required; ``mean``/``std``
+    default to ImageNet's for 3 channels, 0.5 otherwise).
+
+    Options (all commands share them): ``weights`` (a file; training checkpoints are unwrapped),
+    ``pretrained`` (from the local timm/torch hub cache, never downloaded), ``use_ema``, ``num_classes`` (a
+    head trained for other classes is re-initialised), ``in_chans``, ``input_size`` ("3x224x224" or a
+    tuple), ``crop_pct``, ``interpolation``, ``mean``, ``std`` (override the model's preprocessing)."""
+    unknown = sorted(set(options) - set(MODEL_OPTIONS))
+    if unknown:
+        raise TypeError(f"load_model() got unknown options {unknown}; it takes {', '.join(MODEL_OPTIONS)}")
+    if isinstance(model, ModelBundle):
+        return model
+    if isinstance(model, nn.Module):
+        return _wrap_module(model, **options)
+    if not isinstance(model, (str, Path)):
+        raise TypeError(f"a model is a spec string, a ModelBundle or an nn.Module, not {type(model).__name__}")
+    from .models.spec import build_model
+
+    bundle = build_model(str(model), **{k: v for k, v in options.items() if v is not None and v is not False})
+    if bundle.head_reset:
+        warnings.warn(
+            f"{bundle.spec}: classifier {', '.join(bundle.head_reset)} re-initialised for "
+            f"{bundle.num_classes} classes (the weights were trained for others); fine-tune it before evaluating",
+            UserWarning,
+            stacklevel=2,
+        )
+    return bundle
+
+
+def _wrap_module(
+    module: nn.Module, input_size: Any = None, mean: Any = None, std: Any = None, **rest: Any
+) -> ModelBundle:
+    from .models.spec import parse_input_size
+
+    if input_size is None:
+        raise BadInputError("an nn.Module needs input_size=(C, H, W) (poolcli runs it to find its sites)")
+    size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(int(v) for v in input_size)
+    c = size[0]
+    if any(v not in (None, False) for k, v in rest.items()):
+        raise BadInputError(f"options {sorted(k for k, v in rest.items() if v)} apply to spec strings, not modules")
+    default_mean, default_std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if c == 3 else ((0.5,) * c, (0.5,) * c)
+    return ModelBundle(
+        module=module,
+        base={"source": "module", "name": type(module).__name__, "kwargs": {}},
+        input_size=size,  # type: ignore[arg-type]
+        mean=tuple(mean or default_mean),
+        std=tuple(std or default_std),
+        spec=f"<{type(module).__name__}>",
+        weights="given",
+    )
+
+
+def warn_if_random(bundle: ModelBundle, doing: str) -> None:
+    if bundle.weights == "random":
+        warnings.warn(
+            f"{bundle.spec} has random weights (no --weights or --pretrained): {doing} an untrained network",
+            RandomWeightsWarning,
+            stacklevel=3,
+        )
+
+
+def open_data(
+    data: Any,
+    model: ModelBundle,
+    *,
+    split: str = "test",
+    classes: str | list[int] | None = None,
+    limit: int | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
+    bad_images: str = "error",
+):
+    """A dataset spec preprocessed with the model's own transform, or a Dataset/DataLoader passed through
+    (its items are taken as model inputs already)."""
+    from .data.specs import open_dataset, wrap_dataset
+
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, Dataset):
+        if classes is not None or limit is not None or max_per_class is not None:
+            raise BadInputError("classes/limit/max_per_class select from dataset specs; subset a Dataset yourself")
+        return wrap_dataset(data, model.input_size)
+    if not isinstance(data, (str, Path)):
+        raise TypeError(f"data is a spec string, a Dataset or a DataLoader, not {type(data).__name__}")
+    return open_dataset(
+        str(data),
+        transform=model.transform,
+        default_split=split,
+        classes=classes,
+        limit=limit,
+        max_per_class=max_per_class,
+        seed=seed,
+        bad_images=bad_images,
+    )
+
+
+def environment() -> dict[str, str]:
+    import platform
+
+    import timm
+    import torchvision
+
+    from . import __version__
+
+    return {
+        "poolcli": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def model_record(bundle: ModelBundle) -> dict[str, Any]:
+    """What a report says about a model: its spec, where its weights came from, its preprocessing."""
+    return {
+        "model": bundle.spec,
+        "weights": bundle.weights,
+        "head_reset": list(bundle.head_reset),
+        "preprocess": bundle.transform.describe(),
+    }
+
+
+# ----------------------------------------------------------------------------- the steps
+def inspect(model: Any, **options: Any):
+    """Every pooling/downsampling site that runs (a :class:`~poolcli.models.sites.SiteReport`)."""
+    from .models.sites import discover_sites
+
+    bundle = load_model(model, **options)
+    return discover_sites(bundle.module, bundle.input_size)
+
+
+def collect(
+    model: Any,
+    site: str,
+    data: Any = "digits:train",
+    *,
+    at: str = "input",
+    classes: str | None = None,
+    limit: int | None = None,
+    max_per_class: int = 10000,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+    seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    scale_images: int = 1024,
+    checkpoint: Path | None = None,
+    checkpoint_every: int = 0,
+    bad_images: str = "error",
+    output: Path | str | None = None,
+    **options: Any,
+):
+    """Scatter statistics of ``site``'s maps over ``data``: returns ``(ScatterStats, metadata)``; with
+    ``output`` they are also written there (checked before the pass)."""
+    from .io.atomic import check_output, output_lock
+    from .pipeline.collect import collect_stats, save_stats
+    from .runtime import resolve_device, seed_everything
+
+    seed_everything(seed)
+    bundle = load_model(model, **options)
+    warn_if_random(bundle, "collecting the statistics of")
+    ds = open_data(
+        data,
+        bundle,
+        split="train",
+        classes=classes,
+        limit=limit,
+        max_per_class=max_per_class,
+        seed=seed,
+        bad_images=bad_images,
+    )
+    if getattr(ds, "skipped", None):
+        warnings.warn(f"left out {len(ds.skipped)} unreadable image(s), e.g. {ds.skipped[0]}", stacklevel=2)
+    desc = {
+        "model": bundle.spec,
+        "data": str(data) if isinstance(data, (str, Path)) else ds.description,
+        "dataset": getattr(ds, "description", str(data)),
+        "max_per_class": max_per_class,
+        "selection": {"classes": classes, "limit": limit},
+        "seed": seed,
+        "skipped_images": list(getattr(ds, "skipped", [])),
+    }
+    out = Path(output) if output is not None else None
+    if out is not None:
+        check_output(out)
+    lock = output_lock(out, "poolcli collect") if out is not None else _nothing()
+    with lock:
+        stats, meta = collect_stats(
+            bundle,
+            site,
+            ds,
+            at=at,
+            device=resolve_device(device),
+            batch_size=batch_size,
+            workers=workers,
+            shard=shard,
+            scale_images=scale_images,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            description=desc,
+            output=out,
+        )
+        if out is not None:
+            save_stats(out, stats, meta)
+    return stats, meta
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> bool:
+        return False
+
+
+def fit(
+    stats: Any,
+    meta: dict[str, Any] | None = None,
+    *,
+    alphas: Sequence[float] = (25.0,),
+    k: int = 2,
+    norm: str = "l2",
+    stride: int = 2,
+    solver: str = "auto",
+    output: Path | str | None = None,
+    plot: Path | str | None = None,
+) -> dict[str, Any]:
+    """Closed-form learned pooling from statistics (``(stats, meta)`` of :func:`collect`, or a statistics
+    file path): for every α the top-``k`` generalized eigenvectors per output location. Writes ``output``
+    (one file per α when several) and ``plot``; returns the report (separability vs average pooling, ...)."""
+    from .pipeline.collect import load_stats
+    from .pipeline.fitting import check_fit_outputs, run_fit
+
+    if isinstance(stats, (str, Path)):
+        stats, meta = load_stats(stats)
+    if meta is None:
+        raise TypeError("fit() needs the metadata that collect() returned beside the statistics")
+    alphas = [float(a) for a in alphas]
+    out, png = (Path(output) if output else None), (Path(plot) if plot else None)
+    check_fit_outputs(out, png, alphas)
+    doc = run_fit(stats, meta, alphas, k=k, norm=norm, stride=stride, solver=solver, output=out, plot=png)
+    return {**doc, "environment": environment()}
+
+
+def convert(
+    model: Any,
+    swaps: Sequence[str | tuple[str, str]],
+    *,
+    output: Path | str | None = None,
+    recipe: str = "after",
+    trainable: bool = False,
+    seed: int = 0,
+    init_data: Any = None,
+    init_images: int = 1024,
+    **options: Any,
+) -> tuple[ModelBundle, dict[str, Any]]:
+    """Swap the pooling at sites (``"@down3=learned:pool.safetensors"`` or ``(site, op)``); returns the new
+    bundle and a report (per-swap results, MACs and parameters before/after). With ``output`` the checkpoint
+    is written, reloaded and checked before it replaces the file."""
+    from .io.atomic import check_output
+    from .models.checkpoint import save_checkpoint
+    from .models.convert import convert as convert_model
+    from .models.convert import parse_swap
+    from .models.sites import discover_sites
+
+    out = Path(output) if output is not None else None
+    if out is not None:
+        check_output(out)
+        check_checkpoint_path(out)
+    bundle = load_model(model, **options)
+    report = discover_sites(bundle.module, bundle.input_size)
+    parsed = [parse_swap(s) if isinstance(s, str) else tuple(s) for s in swaps]
+    new, results = convert_model(bundle, parsed, trainable=trainable, report=report, seed=seed, recipe=recipe)
+    initialised = None
+    if init_data is not None:
+        from .pipeline.gspinit import init_gsp_prototypes
+
+        initialised = init_gsp_prototypes(new, init_data, images=init_images, seed=seed)
+        for r in results:
+            if r.note.startswith("GSP is global average pooling"):
+                r.note = f"GSP prototypes initialised from {initialised} images of {init_data}"
+    after = discover_sites(new.module, new.input_size)
+    if out is not None:
+        save_checkpoint(new, None, out, verify=True)
+    params = (sum(p.numel() for p in bundle.module.parameters()), sum(p.numel() for p in new.module.parameters()))
+    doc = {
+        "schema": "poolcli.convert/2",
+        **model_record(bundle),
+        "recipe": recipe,
+        "gsp_init_images": initialised,
+        "output": str(out) if out else None,
+        "swaps": [r.to_dict() for r in results],
+        "manifest_swaps": new.swaps,
+        "params": {"before": params[0], "after": params[1]},
+        "macs": {"before": report.total_macs, "after": after.total_macs},
+        "macs_definition": "multiply-accumulates of one image's forward pass (conv, linear, pooling taps)",
+        "environment": environment(),
+    }
+    return new, doc
+
+
+def finetune(
+    model: Any,
+    data: Any = "digits:train",
+    *,
+    output: Path | str | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    model_options: dict[str, Any] | None = None,
+    **config: Any,
+) -> tuple[ModelBundle, dict[str, Any]]:
+    """Fine-tune (cross-entropy, cosine schedule); ``config``: the fields of
+    :class:`~poolcli.pipeline.finetune.FinetuneConfig` (``epochs``, ``lr``, ``val``, ``shift`` ...). Returns
+    the trained bundle (its manifest records the run, the dataset's class names and the lineage) and a
+    report; with ``output`` the checkpoint is written."""
+    from .io.atomic import check_output
+    from .models.checkpoint import save_checkpoint
+    from .pipeline.finetune import FinetuneConfig
+    from .pipeline.finetune import finetune as run_finetune
+
+    cfg = FinetuneConfig(data=data, **config)
+    cfg.check()
+    out = Path(output) if output is not None else None
+    if out is not None:
+        check_output(out)
+        check_checkpoint_path(out)
+    bundle = load_model(model, **(model_options or {}))
+    if bundle.weights == "random":
+        warnings.warn(f"{bundle.spec} has random weights: training from scratch", RandomWeightsWarning, stacklevel=2)
+    if out is not None:
+        check_output(out, nbytes=sum(t.numel() * t.element_size() for t in bundle.module.state_dict().values()))
+    bundle, doc = run_finetune(bundle, cfg, on_epoch=on_epoch)
+    if out is not None:
+        save_checkpoint(bundle, None, out)
+    return bundle, {**doc, **model_record(bundle), "output": str(out) if out else None, "environment": environment()}
+
+
+def evaluate(
+    models: Sequence[Any],
+    data: Any = "digits:test",
+    *,
+    weights: Sequence[Path | str | None] | None = None,
+    device: str = "auto",
+    batch_size: int = 128,
+    workers: int = 0,
+    seed: int = 0,
+    classes: str | None = None,
+    limit: int | None = None,
+    max_per_class: int | None = None,
+    bad_images: str = "error",
+    allow_class_mismatch: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Top-1 (and top-5 where there are more than 5 classes), cross-entropy and images/s of each model on
+    ``data``, each fed through its own preprocessing. ``weights``: one entry per model (or None). A
+    checkpoint whose class names differ from the dataset's is refused unless ``allow_class_mismatch``."""
+    from .data.specs import make_loader
+    from .evaluate.classification import METRIC_DEFINITIONS, evaluate_classifier
+    from .progress import task
+    from .runtime import resolve_device, seed_everything
+
+    models = list(models)
+    weights = list(weights) if weights else [None] * len(models)
+    if len(weights) != len(models):
+        raise BadInputError(f"{len(weights)} --weights for {len(models)} models: give one per model, in order, or none")
+    seed_everything(seed)
+    dev = resolve_device(device)
+    results = []
+    for spec, w in zip(models, weights):
+        bundle = load_model(spec, **options, **({"weights": w} if w is not None else {}))
+        warn_if_random(bundle, "evaluating")
+        ds = open_data(
+            data,
+            bundle,
+            split="test",
+            classes=classes,
+            limit=limit,
+            max_per_class=max_per_class,
+            seed=seed,
+            bad_images=bad_images,
+        )
+        notes = check_classes(bundle, ds, allow_class_mismatch)
+        with task(f"evaluate {bundle.spec}", len(ds)) as advance:
+            metrics = evaluate_classifier(bundle.module, make_loader(ds, batch_size, workers), dev, advance)
+        if len(ds.classes) <= 5 or (bundle.num_classes or 0) <= 5:
+            metrics.pop("top5", None)  # top-5 of 5 or fewer classes is 100% by construction
+        results.append(
+            {**model_record(bundle), "dataset": getattr(ds, "description", str(data)), **metrics, "notes": notes}
+        )
+    return {
+        "schema": "poolcli.evaluate/2",
+        "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__,
+        "device": str(dev),
+        "batch_size": batch_size,
+        "seed": seed,
+        "selection": {"classes": classes, "limit": limit, "max_per_class": max_per_class},
+        "definitions": METRIC_DEFINITIONS,
+        "results": results,
+        "environment": environment(),
+    }
+
+
+def check_classes(bundle: ModelBundle, ds: Any, allow: bool) -> list[str]:
+    """The dataset's class names against the checkpoint's, and its labels against the model's outputs."""
+    notes = []
+    outputs = bundle.num_classes
+    if outputs is not None and len(ds.labels) and int(ds.labels.max()) >= outputs:
+        raise BadInputError(
+            f"the dataset has labels up to {int(ds.labels.max())} but {bundle.spec} has {outputs} outputs; "
+            "select classes with --classes, or fine-tune a model built with --num-classes"
+        )
+    mine, theirs = bundle.classes, list(ds.classes)
+    if mine is not None and list(mine) != theirs:
+        diff = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+        what = (
+            f"class {diff} is {quote(theirs[diff] if diff < len(theirs) else None)} in the dataset but "
+            f"{quote(mine[diff] if diff < len(mine) else None)} in the model"
+        )
+        message = (
+            f"{bundle.spec} was trained on other classes than the dataset's ({len(mine)} vs {len(theirs)} classes; "
+            f"{what})"
+        )
+        if not allow:
+            raise ClassMismatchError(f"{message}; evaluate on matching data, or pass --allow-class-mismatch")
+        notes.append(message)
+    return notes
+
+
+def check_checkpoint_path(path: Path) -> None:
+    """Checkpoints are safetensors files: refuse other extensions before any work."""
+    if path.suffix != ".safetensors":
+        raise BadInputError(
+            f"-o {quote(path)}: poolcli checkpoints are .safetensors files; name it "
+            f"{path.with_suffix('.safetensors').name}"
+        )
