@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine  # noqa: E402
 
-from poolcli.fit.eigen import locality_penalty, output_grid, solve_lobpcg  # noqa: E402
+from poolcli.learn.eigen import locality_penalty, output_grid, solve_lobpcg  # noqa: E402
 
 
 def smooth(z: torch.Tensor, side: int, sigma: float = 1.5) -> torch.Tensor:

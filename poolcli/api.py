@@ -414,7 +414,7 @@ def evaluate(
     ``data``, each fed through its own preprocessing. ``weights``: one entry per model (or None). A
     checkpoint whose class names differ from the dataset's is refused unless ``allow_class_mismatch``."""
     from .data.specs import make_loader
-    from .evaluate.classification import METRIC_DEFINITIONS, evaluate_classifier
+    from .metrics.classification import METRIC_DEFINITIONS, evaluate_classifier
     from .progress import task
     from .runtime import resolve_device, seed_everything
 

@@ -18,7 +18,7 @@ import torch
 from poolcli.data.sources import load_digits_source
 from poolcli.data.specs import make_loader, open_dataset
 from poolcli.data.transforms import Preprocess
-from poolcli.evaluate.classification import evaluate_classifier
+from poolcli.metrics.classification import evaluate_classifier
 from poolcli.models.bundle import ModelBundle
 from poolcli.models.checkpoint import load_checkpoint, save_checkpoint
 from poolcli.models.zoo import ZOO

@@ -64,3 +64,39 @@ def reporting(callback):
         yield
     finally:
         progress.set_reporter(previous)
+
+
+def _shipped_photos() -> list[Path]:
+    """Real photographs that ship inside installed packages (scikit-learn, matplotlib)."""
+    import matplotlib
+    import sklearn
+
+    found = [
+        Path(sklearn.__file__).parent / "datasets" / "images" / "china.jpg",
+        Path(sklearn.__file__).parent / "datasets" / "images" / "flower.jpg",
+        Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg",
+    ]
+    return [p for p in found if p.is_file()]
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    """An ImageFolder with train/ and val/ splits of real photos: crops of several sizes and aspect ratios
+    (565×218 as in the issue, portrait, small), a grey JPEG and an RGBA PNG."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    sources = _shipped_photos()
+    assert len(sources) >= 2, "the photo fixtures need scikit-learn's sample images"
+    boxes = [None, (0, 0, 565, 218), (50, 20, 290, 420), (100, 100, 180, 160)]
+    for split, offset in (("train", 0), ("val", 1)):
+        for c, name in enumerate(("city", "garden")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            img = Image.open(sources[(c + offset) % len(sources)]).convert("RGB")
+            for i, box in enumerate(boxes):
+                part = img.crop(box) if box else img
+                part.save(folder / f"{i}.jpg", quality=92)
+            img.convert("L").save(folder / "grey.jpg")
+            img.convert("RGBA").resize((300, 200)).save(folder / "alpha.png")
+    return root

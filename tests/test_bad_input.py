@@ -81,7 +81,7 @@ STATS_VARIANTS = {  # statistics manifests that a broken or hostile tool could w
 def h(tmp_path_factory):
     """Hostile and broken files, made once per test module."""
     from poolcli.api import collect
-    from poolcli.fit.stats import ScatterStats
+    from poolcli.learn.stats import ScatterStats
     from poolcli.models.checkpoint import save_checkpoint
     from poolcli.models.spec import build_model
     from poolcli.pipeline.collect import save_stats

@@ -7,9 +7,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from poolcli.fit.eigen import locality_penalty, solve_exact, solve_lobpcg
-from poolcli.fit.pooling import average_vectors, fit_pooling, quadratic
-from poolcli.fit.stats import ScatterStats
+from poolcli.learn.eigen import locality_penalty, solve_exact, solve_lobpcg
+from poolcli.learn.pooling import average_vectors, fit_pooling, quadratic
+from poolcli.learn.stats import ScatterStats
 
 
 def _maps(seed=0, n=60, c=6, h=4, w=4, q=3):

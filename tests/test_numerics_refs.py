@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from poolcli.fit.pooling import fit_pooling, needs_ridge
+from poolcli.learn.pooling import fit_pooling, needs_ridge
 from poolcli.ops import native
 from poolcli.ops.gsp import gsp_pool, transport_costs
 from poolcli.ops.ppool import p_pool2d

@@ -133,6 +133,16 @@ def _tidy_help(command: object) -> None:
     for param in getattr(command, "params", []):
         if getattr(param, "is_flag", False) and getattr(param, "metavar", None) is None:
             param.metavar = ""
+    made = getattr(command, "get_help_option", None)
+    if made is not None:  # click builds --help on demand: tidy it as it is made
+
+        def get_help_option(ctx: object, made=made) -> object:
+            option = made(ctx)
+            if option is not None:
+                option.metavar = ""
+            return option
+
+        command.get_help_option = get_help_option  # type: ignore[attr-defined]
     for sub in (getattr(command, "commands", None) or {}).values():
         _tidy_help(sub)
 

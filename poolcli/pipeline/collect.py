@@ -23,10 +23,10 @@ from torch.utils.data import Subset
 
 from ..data.specs import ImageDataset, check_workers, make_loader
 from ..errors import BadInputError, RunError
-from ..fit.stats import ScatterStats
 from ..io.atomic import check_output
 from ..io.schema import Schema
 from ..io.tensorfile import check_finite, read_tensors, write_tensors
+from ..learn.stats import ScatterStats
 from ..models.bundle import ModelBundle
 from ..models.sites import Site, discover_sites, is_strided_conv
 from ..progress import task

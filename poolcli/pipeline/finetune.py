@@ -17,7 +17,7 @@ import torch
 
 from ..data.specs import check_workers, make_loader, open_dataset
 from ..errors import BadInputError
-from ..evaluate.classification import evaluate_classifier
+from ..metrics.classification import evaluate_classifier
 from ..models.bundle import ModelBundle
 from ..models.surgery import swapped_operators
 from ..ops.gsp import GSP, ZSRLoss

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
-from ..fit.pooling import fit_pooling
 from ..io.atomic import check_distinct, check_output
 from ..io.tensorfile import check_finite
+from ..learn.pooling import fit_pooling
 from ..text import quote
 from .poolfile import plot_maps, save_pooling
 

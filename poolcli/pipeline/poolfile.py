@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from ..fit.pooling import PoolingFit
 from ..io.atomic import atomic_path
 from ..io.poolfile import read_pooling, write_pooling
+from ..learn.pooling import PoolingFit
 from ..ops.learned import LearnedLinearPool
 
 
