@@ -19,6 +19,7 @@ preprocessed. Results are plain objects: dataclasses and JSON-ready dicts.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -136,9 +137,7 @@ def open_data(
     if isinstance(data, DataLoader):
         data = data.dataset
     if isinstance(data, Dataset):
-        if classes is not None or limit is not None or max_per_class is not None:
-            raise BadInputError("classes/limit/max_per_class select from dataset specs; subset a Dataset yourself")
-        return wrap_dataset(data, model.input_size)
+        return wrap_dataset(data, model.input_size).select(classes, limit, max_per_class, seed)
     if not isinstance(data, (str, Path)):
         raise TypeError(f"data is a spec string, a Dataset or a DataLoader, not {type(data).__name__}")
     return open_dataset(
@@ -262,6 +261,10 @@ def collect(
         )
         if out is not None:
             save_stats(out, stats, meta)
+    if checkpoint is not None:  # the job is done: its partial (this rank's, under torchrun) goes
+        path = Path(checkpoint)
+        rank = meta.get("world_size", 1) > 1 and os.environ.get("RANK")
+        (path.with_name(f"{path.name}.rank{rank}") if rank else path).unlink(missing_ok=True)
     return stats, meta
 
 
@@ -289,13 +292,13 @@ def fit(
     file path): for every α the top-``k`` generalized eigenvectors per output location. Writes ``output``
     (one file per α when several) and ``plot``; returns the report (separability vs average pooling, ...)."""
     from .pipeline.collect import load_stats
-    from .pipeline.fitting import check_fit_outputs, run_fit
+    from .pipeline.fitting import check_alphas, check_fit_outputs, run_fit
 
     if isinstance(stats, (str, Path)):
         stats, meta = load_stats(stats)
     if meta is None:
         raise TypeError("fit() needs the metadata that collect() returned beside the statistics")
-    alphas = [float(a) for a in alphas]
+    alphas = check_alphas([float(a) for a in alphas])
     out, png = (Path(output) if output else None), (Path(plot) if plot else None)
     check_fit_outputs(out, png, alphas)
     doc = run_fit(stats, meta, alphas, k=k, norm=norm, stride=stride, solver=solver, output=out, plot=png)

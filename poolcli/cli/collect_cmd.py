@@ -119,10 +119,6 @@ def collect_cmd(
         output=output if writer else None,
         **(model_opts or {}),
     )
-    rank = os.environ.get("RANK")
-    (partial.with_name(f"{partial.name}.rank{rank}") if meta.get("world_size", 1) > 1 else partial).unlink(
-        missing_ok=True
-    )
     if writer:
         c, (h, w) = meta["channels"], meta["grid"]
         info(f"collected {meta['images']} images at {meta['site']} ({c}×{h}×{w}) → {output}")

@@ -10,7 +10,6 @@ import functools
 import inspect
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from .. import __version__
 from ..errors import BadInputError
 from ..io.tensorfile import json_safe
 from ..text import LINE_LIMIT, literal, quote
@@ -74,20 +72,6 @@ def emit_json(doc: dict[str, Any]) -> None:
     """One JSON document on stdout (nothing else is ever written there)."""
     sys.stdout.write(json.dumps(json_safe(doc), indent=2) + "\n")
     sys.stdout.flush()
-
-
-def environment() -> dict[str, str]:
-    import timm
-    import torch
-    import torchvision
-
-    return {
-        "poolcli": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-    }
 
 
 class _Rate(ProgressColumn):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -11,7 +10,7 @@ from rich.table import Table
 
 from ..errors import BadInputError
 from ..pipeline.collect import load_stats
-from ..pipeline.fitting import check_fit_options, check_fit_outputs
+from ..pipeline.fitting import check_fit_options, check_fit_outputs, parse_alphas
 from ..text import quote
 from .app import app
 from .collect_cmd import AtOpt, CapOpt
@@ -31,18 +30,6 @@ from .common import (
     info,
     model_options,
 )
-
-
-def parse_alphas(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:  # also an empty item: '1,,2' or a trailing comma
-        vals = []
-    if not vals or any(not (math.isfinite(v) and v >= 0) for v in vals):
-        raise BadInputError(f"bad --alpha {quote(text)}: give one finite value ≥ 0 or a list like 1,5,25")
-    if len({f"{v:g}" for v in vals}) != len(vals):
-        raise BadInputError(f"bad --alpha {quote(text)}: a value is given twice (each α writes its own file)")
-    return vals
 
 
 @app.command("fit-pooling")

@@ -147,6 +147,20 @@ class ImageDataset(Dataset):
         j = int(self.indices[i])
         return self.preprocess(self.raw.get_image(j)), int(self.raw.labels[j])
 
+    def select(
+        self, classes: str | list[int] | None, limit: int | None, max_per_class: int | None, seed: int = 0
+    ) -> ImageDataset:
+        """The same selection as a dataset spec's ``--classes/--limit/--max-per-class`` (self when none)."""
+        if classes is None and limit is None and max_per_class is None:
+            return self
+        cls = parse_classes(classes) if isinstance(classes, str) else classes
+        keep = select_indices(self.labels, cls, limit, max_per_class, seed)
+        out = ImageDataset(self.raw, self.indices[keep], self.preprocess)
+        out.description, out.skipped = getattr(self, "description", ""), []  # type: ignore[attr-defined]
+        if len(out) == 0:
+            raise BadInputError("the dataset is empty after selection (classes/limit); widen the selection")
+        return out
+
     def class_counts(self) -> dict[int, int]:
         vals, counts = torch.unique(self.labels, return_counts=True)
         return {int(v): int(c) for v, c in zip(vals, counts)}

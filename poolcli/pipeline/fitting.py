@@ -30,14 +30,20 @@ def check_fit_options(norm: str, solver: str, k: int, stride: int) -> None:
 
 
 def parse_alphas(text: str) -> list[float]:
+    """``--alpha 1,5,25`` → [1.0, 5.0, 25.0] (checked)."""
     try:
         vals = [float(v) for v in text.split(",")]
     except ValueError:  # also an empty item: '1,,2' or a trailing comma
         vals = []
+    return check_alphas(vals, text)
+
+
+def check_alphas(vals: list[float], shown: str | None = None) -> list[float]:
+    shown = quote(shown if shown is not None else ",".join(f"{v:g}" for v in vals))
     if not vals or any(not (math.isfinite(v) and v >= 0) for v in vals):
-        raise BadInputError(f"bad --alpha {quote(text)}: give one finite value ≥ 0 or a list like 1,5,25")
+        raise BadInputError(f"bad --alpha {shown}: give one finite value ≥ 0 or a list like 1,5,25")
     if len({f"{v:g}" for v in vals}) != len(vals):
-        raise BadInputError(f"bad --alpha {quote(text)}: a value is given twice (each α writes its own file)")
+        raise BadInputError(f"bad --alpha {shown}: a value is given twice (each α writes its own file)")
     return vals
 
 
