@@ -111,17 +111,21 @@ def _wrap_module(
 
 
 def warn_if_random(bundle: ModelBundle, doing: str) -> None:
+    origin = (bundle.extra.get("origin") or {}).get("weights")
     if bundle.weights == "random":
-        warnings.warn(
-            f"{bundle.spec} has random weights (no --weights or --pretrained): {doing} an untrained network",
-            RandomWeightsWarning,
-            stacklevel=3,
-        )
+        why = "no --weights or --pretrained"
+    elif origin == "random" and bundle.weights.startswith("checkpoint:"):
+        why = "it was made from random weights and not fine-tuned since"
+    else:
+        return
+    warnings.warn(
+        f"{bundle.spec} has random weights ({why}): {doing} an untrained network", RandomWeightsWarning, stacklevel=3
+    )
 
 
 def open_data(
     data: Any,
-    model: ModelBundle,
+    model: Any,
     *,
     split: str = "test",
     classes: str | list[int] | None = None,
@@ -134,6 +138,7 @@ def open_data(
     (its items are taken as model inputs already)."""
     from .data.specs import open_dataset, wrap_dataset
 
+    model = load_model(model)
     if isinstance(data, DataLoader):
         data = data.dataset
     if isinstance(data, Dataset):
@@ -174,6 +179,7 @@ def model_record(bundle: ModelBundle) -> dict[str, Any]:
     return {
         "model": bundle.spec,
         "weights": bundle.weights,
+        "origin": bundle.extra.get("origin"),
         "head_reset": list(bundle.head_reset),
         "preprocess": bundle.transform.describe(),
     }
@@ -217,7 +223,6 @@ def collect(
 
     seed_everything(seed)
     bundle = load_model(model, **options)
-    warn_if_random(bundle, "collecting the statistics of")
     ds = open_data(
         data,
         bundle,
@@ -230,6 +235,7 @@ def collect(
     )
     if getattr(ds, "skipped", None):
         warnings.warn(f"left out {len(ds.skipped)} unreadable image(s), e.g. {ds.skipped[0]}", stacklevel=2)
+    warn_if_random(bundle, "collecting the statistics of")  # after the data: a bad input is the one line
     desc = {
         "model": bundle.spec,
         "data": str(data) if isinstance(data, (str, Path)) else ds.description,
@@ -238,6 +244,8 @@ def collect(
         "selection": {"classes": classes, "limit": limit},
         "seed": seed,
         "skipped_images": list(getattr(ds, "skipped", [])),
+        "weights": bundle.weights,
+        "preprocess": ds.preprocess.signature()[1:] if hasattr(ds.preprocess, "signature") else None,
     }
     out = Path(output) if output is not None else None
     if out is not None:
@@ -325,15 +333,22 @@ def convert(
     from .models.convert import convert as convert_model
     from .models.convert import parse_swap
     from .models.sites import discover_sites
+    from .pipeline.fingerprint import descent
 
     out = Path(output) if output is not None else None
     if out is not None:
         check_output(out)
         check_checkpoint_path(out)
     bundle = load_model(model, **options)
+    if out is not None:
+        check_saveable(bundle)
+    warn_if_random(bundle, "converting")
+    lineage = descent(bundle)
     report = discover_sites(bundle.module, bundle.input_size)
     parsed = [parse_swap(s) if isinstance(s, str) else tuple(s) for s in swaps]
     new, results = convert_model(bundle, parsed, trainable=trainable, report=report, seed=seed, recipe=recipe)
+    # the parent's facts (its accuracy, its training) are not the converted model's: lineage
+    new.extra = {**({"origin": bundle.extra["origin"]} if "origin" in bundle.extra else {}), "lineage": lineage}
     initialised = None
     if init_data is not None:
         from .pipeline.gspinit import init_gsp_prototypes
@@ -366,32 +381,46 @@ def finetune(
     model: Any,
     data: Any = "digits:train",
     *,
+    val: Any = None,
     output: Path | str | None = None,
     on_epoch: Callable[[dict], None] | None = None,
-    model_options: dict[str, Any] | None = None,
-    **config: Any,
+    **settings: Any,
 ) -> tuple[ModelBundle, dict[str, Any]]:
-    """Fine-tune (cross-entropy, cosine schedule); ``config``: the fields of
-    :class:`~poolcli.pipeline.finetune.FinetuneConfig` (``epochs``, ``lr``, ``val``, ``shift`` ...). Returns
-    the trained bundle (its manifest records the run, the dataset's class names and the lineage) and a
+    """Fine-tune (cross-entropy, cosine schedule) on ``data`` (a spec, or a Dataset/DataLoader of model
+    inputs), with accuracy on ``val`` after each epoch. ``settings``: the training fields of
+    :class:`~poolcli.pipeline.finetune.FinetuneConfig` (``epochs``, ``lr``, ``optimizer``, ``shift``,
+    ``classes``, ``limit`` ...) and the model options of :func:`load_model` (``num_classes``, ``weights`` ...).
+    Returns the trained bundle (its manifest records the run, the data's class names and the lineage) and a
     report; with ``output`` the checkpoint is written."""
+    import dataclasses
+
     from .io.atomic import check_output
     from .models.checkpoint import save_checkpoint
     from .pipeline.finetune import FinetuneConfig
     from .pipeline.finetune import finetune as run_finetune
 
-    cfg = FinetuneConfig(data=data, **config)
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"data", "val"}
+    unknown = sorted(set(settings) - fields - set(MODEL_OPTIONS))
+    if unknown:
+        raise TypeError(f"finetune() got unknown settings {unknown}")
+    options = {k: v for k, v in settings.items() if k in MODEL_OPTIONS}
+    named = lambda d: str(d) if isinstance(d, (str, Path)) or d is None else type(d).__name__  # noqa: E731
+    cfg = FinetuneConfig(data=named(data), val=named(val), **{k: v for k, v in settings.items() if k in fields})
     cfg.check()
     out = Path(output) if output is not None else None
     if out is not None:
         check_output(out)
         check_checkpoint_path(out)
-    bundle = load_model(model, **(model_options or {}))
+    bundle = load_model(model, **options)
+    if out is not None:
+        check_saveable(bundle)
+        check_output(out, nbytes=sum(t.numel() * t.element_size() for t in bundle.module.state_dict().values()))
     if bundle.weights == "random":
         warnings.warn(f"{bundle.spec} has random weights: training from scratch", RandomWeightsWarning, stacklevel=2)
-    if out is not None:
-        check_output(out, nbytes=sum(t.numel() * t.element_size() for t in bundle.module.state_dict().values()))
-    bundle, doc = run_finetune(bundle, cfg, on_epoch=on_epoch)
+    pick = dict(classes=cfg.classes, seed=cfg.seed, bad_images=cfg.bad_images)
+    train = open_data(data, bundle, split="train", limit=cfg.limit, max_per_class=cfg.max_per_class, **pick)
+    checked = open_data(val, bundle, split="test", **pick) if val is not None else None
+    bundle, doc = run_finetune(bundle, cfg, train, checked, on_epoch=on_epoch)
     if out is not None:
         save_checkpoint(bundle, None, out)
     return bundle, {**doc, **model_record(bundle), "output": str(out) if out else None, "environment": environment()}
@@ -428,9 +457,14 @@ def evaluate(
     seed_everything(seed)
     dev = resolve_device(device)
     results = []
+    from .models.spec import is_checkpoint_spec
+
     for spec, w in zip(models, weights):
-        bundle = load_model(spec, **options, **({"weights": w} if w is not None else {}))
-        warn_if_random(bundle, "evaluating")
+        opts = dict(options, **({"weights": w} if w is not None else {}))
+        if isinstance(spec, (str, Path)) and is_checkpoint_spec(str(spec)):
+            for key in ("pretrained", "num_classes", "in_chans"):  # these build timm:/tv:/poolcli: architectures
+                opts.pop(key, None)
+        bundle = load_model(spec, **opts)
         ds = open_data(
             data,
             bundle,
@@ -442,10 +476,9 @@ def evaluate(
             bad_images=bad_images,
         )
         notes = check_classes(bundle, ds, allow_class_mismatch)
+        warn_if_random(bundle, "evaluating")
         with task(f"evaluate {bundle.spec}", len(ds)) as advance:
             metrics = evaluate_classifier(bundle.module, make_loader(ds, batch_size, workers), dev, advance)
-        if len(ds.classes) <= 5 or (bundle.num_classes or 0) <= 5:
-            metrics.pop("top5", None)  # top-5 of 5 or fewer classes is 100% by construction
         results.append(
             {**model_record(bundle), "dataset": getattr(ds, "description", str(data)), **metrics, "notes": notes}
         )
@@ -474,10 +507,8 @@ def check_classes(bundle: ModelBundle, ds: Any, allow: bool) -> list[str]:
     mine, theirs = bundle.classes, list(ds.classes)
     if mine is not None and list(mine) != theirs:
         diff = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
-        what = (
-            f"class {diff} is {quote(theirs[diff] if diff < len(theirs) else None)} in the dataset but "
-            f"{quote(mine[diff] if diff < len(mine) else None)} in the model"
-        )
+        name = lambda names: quote(names[diff]) if diff < len(names) else "(missing)"  # noqa: E731
+        what = f"class {diff} is {name(theirs)} in the dataset but {name(mine)} in the model"
         message = (
             f"{bundle.spec} was trained on other classes than the dataset's ({len(mine)} vs {len(theirs)} classes; "
             f"{what})"
@@ -486,6 +517,14 @@ def check_classes(bundle: ModelBundle, ds: Any, allow: bool) -> list[str]:
             raise ClassMismatchError(f"{message}; evaluate on matching data, or pass --allow-class-mismatch")
         notes.append(message)
     return notes
+
+
+def check_saveable(bundle: ModelBundle) -> None:
+    if bundle.base.get("source") == "module":
+        raise BadInputError(
+            f"{bundle.spec} is a bare nn.Module: a checkpoint rebuilds its model from a timm:/tv:/poolcli: spec, "
+            "so it cannot be written; convert it in memory (no output=) and save it with torch.save"
+        )
 
 
 def check_checkpoint_path(path: Path) -> None:

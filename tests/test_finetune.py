@@ -11,11 +11,21 @@ from poolcli.errors import BadInputError
 from poolcli.models.checkpoint import load_checkpoint
 from poolcli.models.convert import convert
 from poolcli.models.spec import build_model
-from poolcli.pipeline.finetune import FinetuneConfig, finetune
+from poolcli.pipeline.finetune import FinetuneConfig
 
 from .conftest import CNN
 
 SMALL = dict(data="digits:train", limit=128, epochs=1, batch_size=32, device="cpu")
+
+
+def finetune(bundle, cfg: FinetuneConfig):
+    """The API step with a config (the pipeline takes opened datasets)."""
+    import dataclasses
+
+    from poolcli import api
+
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "val")}
+    return api.finetune(bundle, cfg.data, val=cfg.val, **fields)
 
 
 def _converted():

@@ -43,7 +43,8 @@ def test_finetune_keeps_class_names_and_lineage_and_evaluate_compares_them(photo
     out2 = tmp_path / "ft2.safetensors"
     assert cli("-q", "finetune", out, "--data", f"folder:{photos}:train", "--epochs", "1", "-o", out2)[0] == 0
     extra = read_metadata(out2)["extra"]
-    assert set(extra) == {"finetune", "lineage"} and len(extra["lineage"]) == 2
+    assert set(extra) == {"origin", "finetune", "lineage"} and len(extra["lineage"]) == 2
+    assert extra["origin"]["weights"] == "finetuned" and extra["lineage"][0]["origin"]["weights"] == "random"
     assert extra["lineage"][1]["finetune"]["epochs"] == 1 and "final" in extra["lineage"][1]["finetune"]
 
 
@@ -52,7 +53,7 @@ def test_fixture_facts_move_to_lineage(tmp_path, cli):
     assert cli("-q", "finetune", CNN, "--epochs", "1", "--limit", "64", "-o", out)[0] == 0
     parent = read_metadata(CNN)["extra"]
     extra = read_metadata(out)["extra"]
-    assert not (set(parent) - {"lineage"}) & (set(extra) - {"finetune", "lineage"})
+    assert not (set(parent) - {"lineage"}) & (set(extra) - {"finetune", "lineage", "origin"})
     assert all(extra["lineage"][-1][k] == v for k, v in parent.items())
 
 

@@ -136,7 +136,7 @@ def check_stats_path(path: Path) -> None:
 
 @stats_app.command("merge")
 def merge_cmd(
-    files: Annotated[list[Path], typer.Argument(help="Statistics files (shards) to add up.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Statistics files (shards) to add up.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Merged statistics file.")],
 ) -> None:
     """Add up shards of one collect run (they are sums, so the result equals a single run).

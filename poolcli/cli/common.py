@@ -153,9 +153,14 @@ def progress(description: str, total: int | None, unit: str = "images") -> Itera
 
 # ----------------------------------------------------------------------------- option types
 ModelArg = Annotated[
-    str, typer.Argument(help="Model: a poolcli checkpoint (.safetensors), timm:NAME, tv:NAME or poolcli:NAME.")
+    str,
+    typer.Argument(
+        metavar="MODEL", help="Model: a poolcli checkpoint (.safetensors), timm:NAME, tv:NAME or poolcli:NAME."
+    ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (a GPU when present), cpu or cuda[:N].")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", metavar="auto|cpu|cuda[:N]", help="auto: a GPU when present, else the CPU.")
+]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", "-j", help="Data-loading worker processes (0 = in process).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (same inputs + seed = same outputs).")]

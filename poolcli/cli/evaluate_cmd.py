@@ -31,7 +31,8 @@ from .common import (
 @model_options
 def evaluate_cmd(
     models: Annotated[
-        list[str], typer.Argument(help="One or more models (checkpoint, timm:NAME, tv:NAME, poolcli:NAME).")
+        list[str],
+        typer.Argument(metavar="MODEL...", help="One or more models (checkpoint, timm:NAME, tv:NAME, poolcli:NAME)."),
     ],
     data: DataOpt = "digits:test",
     weights: Annotated[

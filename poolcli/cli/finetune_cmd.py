@@ -93,7 +93,6 @@ def finetune_cmd(
         data,
         output=output,
         on_epoch=show,
-        model_options=model_opts,
         val=val,
         epochs=epochs,
         lr=lr,
@@ -111,6 +110,7 @@ def finetune_cmd(
         limit=limit,
         max_per_class=max_per_class,
         bad_images=bad_images,
+        **(model_opts or {}),
     )
     if not STATE["quiet"]:
         table = Table(title=f"finetune {model} → {output}", title_justify="left")

@@ -30,6 +30,9 @@ def render_sites(report: SiteReport, title: str) -> Table:
         if col == "site":  # the path a user copies into --site: never folded or cut, other columns give way
             table.add_column(col, no_wrap=True, min_width=longest)
             continue
+        if col in ("alias", "kind", "k/s"):  # also copied (@down3) or short words: not folded
+            table.add_column(col, no_wrap=True)
+            continue
         table.add_column(col, justify="right" if col in ("#", "MACs", "share") else "left", overflow="fold")
     for s in report.sites:
         ks = f"{'x'.join(map(str, s.kernel))}/{'x'.join(map(str, s.stride))}" if s.kernel and s.stride else "-"

@@ -13,7 +13,8 @@ from ..errors import BadInputError, RunError
 
 METRIC_DEFINITIONS = {
     "top1": "fraction of images whose highest logit is the true class",
-    "top5": "fraction of images whose true class is among the 5 highest logits (when the model has ≥ 5 outputs)",
+    "top5": "fraction of images whose true class is among the 5 highest logits (reported when the model has "
+    "more than 5 outputs)",
     "loss": "mean softmax cross-entropy (natural log) over all images",
     "images_per_s": "images / wall-clock seconds of model forward passes (data loading excluded), batch as given",
 }
@@ -27,7 +28,7 @@ def evaluate_classifier(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     module.eval().to(device)
-    n = correct1 = correct5 = 0
+    n = correct1 = correct5 = outputs = 0
     loss_sum = 0.0
     fwd_s = 0.0
     for x, y in batches:
@@ -52,6 +53,7 @@ def evaluate_classifier(
                 f"dataset label {int(y.max())} is out of range for a model with {logits.shape[1]} outputs; pick "
                 "matching --classes or model"
             )
+        outputs = int(logits.shape[1])
         loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += int((top[:, 0] == y).sum())
@@ -68,5 +70,6 @@ def evaluate_classifier(
         "images_per_s": n / fwd_s if fwd_s > 0 else float("inf"),
         "forward_seconds": fwd_s,
     }
-    out["top5"] = correct5 / n
+    if outputs > 5:  # with 5 or fewer outputs the top 5 hold every class: 100% by construction
+        out["top5"] = correct5 / n
     return out

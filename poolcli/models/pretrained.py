@@ -61,8 +61,6 @@ def timm_pretrained(name: str, kwargs: dict[str, Any], use_ema: bool = False) ->
     probe = timm.create_model(name, pretrained=False)
     cfg = dict(getattr(probe, "pretrained_cfg", {}) or {})
     hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
-    if cfg.get("custom_load"):
-        raise BadInputError(f"timm:{name}'s pretrained weights need timm's custom loader; pass --weights FILE")
     path, looked = None, []
     if hub_id:
         names = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else HF_FILES
@@ -72,6 +70,11 @@ def timm_pretrained(name: str, kwargs: dict[str, Any], use_ema: bool = False) ->
         candidate = torch_hub_checkpoints() / os.path.basename(url)
         looked.append(str(candidate))
         path = candidate if candidate.is_file() else None
+        if path is not None and cfg.get("custom_load"):  # e.g. the original .npz ViT files: timm's own reader
+            raise BadInputError(
+                f"timm:{name}'s cached {path.name} needs timm's custom loader, which poolcli does not run; "
+                "use the Hugging Face hub copy (model.safetensors) or pass --weights FILE"
+            )
     if path is None:
         if not looked:
             raise BadInputError(f"timm:{name} has no pretrained weights; drop --pretrained")

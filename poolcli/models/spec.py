@@ -55,7 +55,11 @@ def build_base(source: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
             raise BadInputError(
                 f"unknown timm model '{name}'{_suggest(name, timm.list_models())}; see timm.list_models()"
             )
-        return timm.create_model(name, pretrained=False, **kwargs)
+        try:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        except RuntimeError as e:  # e.g. an unknown pretrained tag: resnet18.bogus
+            first = (str(e).strip().splitlines() or ["no detail"])[0][:160]
+            raise BadInputError(f"timm cannot build {quote(name)} ({first}); see timm.list_pretrained()") from None
     if source == "tv":
         import torchvision
 
@@ -79,7 +83,7 @@ def build_base(source: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def _defaults(
-    source: str, name: str, module: nn.Module, in_chans: int
+    source: str, name: str, module: nn.Module, in_chans: int, tag: str | None = None
 ) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...], PhotoGeometry]:
     """The model's own input size, normalisation and photo geometry, from its library: timm's
     ``resolve_model_data_config``, torchvision's weights transforms (``tv:efficientnet_b3``: a 300 crop of a
@@ -97,7 +101,7 @@ def _defaults(
             crop_mode=str(cfg.get("crop_mode") or "center"),
         )
     elif source == "tv":
-        size, mean, std, geometry = _tv_defaults(name)
+        size, mean, std, geometry = _tv_defaults(name, tag)
     else:
         size = tuple(getattr(module, "default_input_size", (1, 32, 32)))
         mean, std = (0.5,) * size[0], (0.5,) * size[0]
@@ -109,13 +113,18 @@ def _defaults(
     return size, tuple(float(m) for m in mean), tuple(float(s) for s in std), geometry
 
 
-def _tv_defaults(name: str) -> tuple[tuple[int, int, int], tuple, tuple, PhotoGeometry]:
-    """From the DEFAULT weights' transforms (``ImageClassification``); ImageNet's 224-of-256 without them."""
+def _tv_defaults(name: str, tag: str | None = None) -> tuple[tuple[int, int, int], tuple, tuple, PhotoGeometry]:
+    """From the weights' transforms (``ImageClassification``: ``tag``'s, else DEFAULT's); ImageNet's
+    224-of-256 for architectures without weights."""
     import torchvision
 
+    if tag is not None:
+        from .pretrained import tv_weights
+
+        t = tv_weights(name, tag).transforms()
     try:
         weights = torchvision.models.get_model_weights(name).DEFAULT
-        t = weights.transforms()
+        t = weights.transforms() if tag is None else t
     except (ValueError, KeyError, AttributeError, TypeError):
         t = None
     if t is None or not hasattr(t, "crop_size"):
@@ -131,6 +140,16 @@ def _scaled_resize(g: PhotoGeometry, default: tuple[int, ...], size: tuple[int, 
     if g.resize is None or tuple(default[1:]) == tuple(size[1:]):
         return g
     return dataclasses.replace(g, resize=round(min(size[1:]) * g.resize / min(default[1:])))
+
+
+def _native_size(source: str, name: str, module: nn.Module, default: tuple[int, ...]) -> tuple[int, ...]:
+    """The input size the constructed module is made for (torchvision's ViTs: 224 whatever the weights;
+    SWAG weights need 384, so the model is rebuilt for their size)."""
+    if source == "tv":
+        size = getattr(module, "image_size", None)
+        if isinstance(size, int):
+            return (default[0], size, size)
+    return default
 
 
 def default_geometry(source: str, name: str, module: nn.Module) -> PhotoGeometry:
@@ -185,9 +204,18 @@ def _from_checkpoint(
     if weights is not None:
         load_state_dict_strict(bundle.module, read_state_dict(weights, use_ema), str(weights), spec)
         bundle.weights = f"file:{weights}"
+    if use_ema and weights is None:
+        raise BadInputError("--use-ema picks the EMA weights of --weights FILE; give one")
     if input_size is not None:
         size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(input_size)
         _check_channels(size, bundle.input_size[0], spec)
+        bound = [k for k in ("img_size", "image_size", "input_size") if k in bundle.base.get("kwargs", {})]
+        if bound and tuple(size[1:]) != tuple(bundle.input_size[1:]):
+            h, w = bundle.input_size[1:]
+            raise BadInputError(
+                f"{spec} is built for {h}×{w} inputs (its position embeddings fix the size); drop --input-size, "
+                f"or convert its architecture again at the size you need"
+            )
         bundle.input_size = size
     return bundle
 
@@ -215,6 +243,8 @@ def _from_library(
         if not 1 <= int(in_chans) <= MAX_CHANNELS:
             raise BadInputError(f"--in-chans must be between 1 and {MAX_CHANNELS}, got {in_chans}")
         kwargs["in_chans"] = int(in_chans)
+    if use_ema and weights is None and not pretrained:
+        raise BadInputError("--use-ema picks the EMA weights of --weights FILE (or --pretrained); give one")
     if pretrained and source == "poolcli":
         raise BadInputError("poolcli: models have no pretrained weights; pass --weights FILE or drop --pretrained")
     state = read_state_dict(weights, use_ema) if weights is not None else None
@@ -226,17 +256,19 @@ def _from_library(
             kwargs["num_classes"] = theirs
             module = build_base(source, name, kwargs)
     size_default, mean, std, geometry = _defaults(
-        source, name, module, in_chans or _first_conv_channels(module, source)
+        source, name, module, in_chans or _first_conv_channels(module, source), tag
     )
+    native = _native_size(source, name, module, size_default)
     size = (
         parse_input_size(input_size)
         if isinstance(input_size, str)
         else (tuple(input_size) if input_size else size_default)
     )
     _check_channels(size, size_default[0], spec)
-    if tuple(size[1:]) != tuple(size_default[1:]):
-        module = _build_for_size(source, name, kwargs, module, size, size_default)
+    if tuple(size[1:]) != tuple(native[1:]):
+        module = _build_for_size(source, name, kwargs, module, size, native)
     origin, reset = "random", []
+    kind, source_file = "random", None
     if pretrained and source == "timm":
         from .pretrained import timm_pretrained
 
@@ -244,15 +276,15 @@ def _from_library(
         default = getattr(module, "pretrained_cfg", {}).get("num_classes")
         if num_classes is not None and default not in (None, num_classes):
             reset = head_names(module, num_classes)
-        origin = f"pretrained:{path}"
+        origin, kind, source_file = f"pretrained:{path}", "pretrained", path
     elif pretrained and source == "tv":
         from .pretrained import tv_pretrained
 
         reset, path = tv_pretrained(name, module, num_classes, tag, use_ema)
-        origin = f"pretrained:{path}"
+        origin, kind, source_file = f"pretrained:{path}", "pretrained", path
     elif state is not None:
         reset = load_with_head(module, state, str(weights), spec, num_classes)
-        origin = f"file:{weights}"
+        origin, kind, source_file = f"file:{weights}", "file", str(weights)
     bundle = ModelBundle(
         module=module,
         base={"source": source, "name": name, "kwargs": kwargs},
@@ -261,12 +293,34 @@ def _from_library(
         std=std,
         spec=spec,
         geometry=_scaled_resize(geometry, size_default, size),
-        weights=origin,
+        weights=origin + (" (ema)" if use_ema else ""),
     )
     bundle.head_reset = sorted({k.rsplit(".", 1)[0] for k in reset})
+    if kind == "pretrained" and not reset:
+        bundle.classes = _pretrained_classes(module, bundle.num_classes or _infer_num_classes(module))
+    # recorded in checkpoints made from it: the file's name (a full path would differ between machines)
+    bundle.extra["origin"] = {
+        "weights": kind,
+        **({"file": Path(source_file).name} if source_file else {}),
+        **({"ema": True} if use_ema else {}),
+        **({"head_reset": bundle.head_reset} if reset else {}),
+    }
     if bundle.num_classes is None:
         bundle.base["kwargs"]["num_classes"] = _infer_num_classes(module)
     return bundle
+
+
+def _pretrained_classes(module: nn.Module, outputs: int) -> list[str] | None:
+    """ImageNet class names (WordNet synsets, the folder names of an ImageNet ImageFolder) for pretrained
+    ImageNet-1k/22k heads, so that evaluate can compare them with a dataset's; None for other heads."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(module) or ("imagenet-1k" if outputs == 1000 else None)
+        names = ImageNetInfo(subset).label_names() if subset else None
+    except (ImportError, ValueError, KeyError, AttributeError):
+        return None
+    return list(names) if names is not None and len(names) == outputs else None
 
 
 def _override_preprocess(bundle: ModelBundle, crop_pct, interpolation, mean, std) -> ModelBundle:

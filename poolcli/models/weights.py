@@ -99,6 +99,8 @@ def _flatten_checkpoint(obj: object, path: Path, use_ema: bool = False) -> dict[
             f"{path} holds no state_dict (a mapping of names to tensors); save model.state_dict() instead"
         )
     sd = dict(obj)  # type: ignore[arg-type]
+    if "n_averaged" in sd and all(k.startswith("module.") for k in sd if k != "n_averaged"):
+        del sd["n_averaged"]  # torch.optim.swa_utils.AveragedModel (torchvision references' model_ema)
     for prefix in ("module.", "_orig_mod."):  # DataParallel/DDP wrappers, torch.compile
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items()}
@@ -182,7 +184,8 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
         raise BadInputError(
             f"weights in {source} do not fit {target}: "
             + "; ".join(parts)
-            + "; check the model name, --num-classes and --in-chans"
+            + "; check the model name, --num-classes, --in-chans and --input-size (position embeddings are "
+            "made for one size)"
         )
     if getattr(state, "_metadata", None) is None:
         # a plain mapping (safetensors, a bare dict) carries no module versions: show each module's

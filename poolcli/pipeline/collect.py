@@ -366,7 +366,8 @@ def collect_stats(
             )
 
         try:
-            with task(f"collect {chosen.path}", len(mine), scale=world) as advance:
+            shard_images = len(range(index, len(ds), count))  # all ranks together: rank 0 reports for them
+            with task(f"collect {chosen.path}", shard_images, scale=world) as advance:
                 advance(sum(int(b.numel()) for b in batches[:start]))  # resumed: what the partial holds
                 for maps, y in _batches(module, ds, batches[start:], cached, box, device, batch_size, workers):
                     _check_finite_maps(maps, int(batches[done][0]))
@@ -437,7 +438,7 @@ SITE_PATH = re.compile(r"^[A-Za-z0-9_.\-<>:]{1,1000}$")  # module paths, and own
 _STATS_FIELDS = {
     "format", "version", "site", "at", "grid", "channels", "classes", "shard", "shards", "shard_count",
     "world_size", "scale_images", "job_key", "images", "merged_from", "model", "data", "dataset",
-    "max_per_class", "selection", "seed", "skipped_images",
+    "max_per_class", "selection", "seed", "skipped_images", "weights", "preprocess",
 }  # fmt: skip
 
 
@@ -454,7 +455,7 @@ def _check_stats_meta(s: Schema, meta: dict[str, Any]) -> None:
     for field, low, high in (("world_size", 1, 1 << 20), ("scale_images", 1, 1 << 40), ("images", 0, 1 << 40)):
         if field in meta:
             s.integer(meta[field], field, low, high)
-    for field in ("shard", "job_key", "model", "data", "dataset"):
+    for field in ("shard", "job_key", "model", "data", "dataset", "weights"):
         if field in meta:
             s.text(meta[field], field, most=4096)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..data.specs import check_workers, make_loader, open_dataset
+from ..data.specs import ImageDataset, check_workers, make_loader
 from ..errors import BadInputError
 from ..metrics.classification import evaluate_classifier
 from ..models.bundle import ModelBundle
@@ -23,7 +23,7 @@ from ..models.surgery import swapped_operators
 from ..ops.gsp import GSP, ZSRLoss
 from ..runtime import resolve_device, seed_everything
 from ..train.loop import param_groups, train_classifier
-from .fingerprint import model_fingerprint
+from .fingerprint import descent
 
 
 @dataclasses.dataclass
@@ -74,11 +74,16 @@ class FinetuneConfig:
 
 
 def finetune(
-    bundle: ModelBundle, cfg: FinetuneConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None
+    bundle: ModelBundle,
+    cfg: FinetuneConfig,
+    train: ImageDataset,
+    val: ImageDataset | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[ModelBundle, dict[str, Any]]:
-    """Train ``bundle.module`` in place; returns the bundle (manifest extra updated) and a report."""
+    """Train ``bundle.module`` in place on ``train`` (``val``: accuracy after each epoch); returns the bundle
+    (manifest: the run, the class names, the lineage) and a report. ``cfg.data``/``cfg.val`` name them."""
     cfg.check()
-    parent_digest = model_fingerprint(bundle)  # before training changes the weights
+    lineage = descent(bundle)  # before training changes the weights
     side = min(bundle.input_size[1:])
     if cfg.shift >= side:
         raise BadInputError(
@@ -87,13 +92,6 @@ def finetune(
         )
     seed_everything(cfg.seed)
     dev = resolve_device(cfg.device)
-    common = dict(
-        transform=bundle.transform,
-        classes=cfg.classes,
-        seed=cfg.seed,
-        bad_images=cfg.bad_images,
-    )
-    train = open_dataset(cfg.data, default_split="train", limit=cfg.limit, max_per_class=cfg.max_per_class, **common)
     outputs = bundle.num_classes
     if outputs is not None and int(train.labels.max()) >= outputs:
         raise BadInputError(
@@ -110,7 +108,11 @@ def finetune(
             f"{cfg.data}'s class names differ from those {bundle.spec} was trained on; fine-tune it on data of "
             "the same classes, or start from its architecture with --num-classes"
         )
-    val = open_dataset(cfg.val, default_split="test", **common) if cfg.val else None
+    if val is not None and list(val.classes) != list(train.classes):
+        raise BadInputError(
+            f"--val {cfg.val}'s classes differ from the training data's ({len(val.classes)} vs "
+            f"{len(train.classes)} classes, or another order); validate on data of the same classes"
+        )
     pool_paths = [s["site"] for s in bundle.swaps if s.get("op")]
     pools = swapped_operators(bundle.module)
     try:
@@ -162,10 +164,8 @@ def finetune(
         "final": final,
     }
     # the parent's facts (its accuracy, its own training) are lineage, not facts of this model
-    parent = {k: v for k, v in bundle.extra.items() if k != "lineage"}
     # the parent by its content (a path would make the same run give other bytes from another folder)
-    lineage = [*bundle.extra.get("lineage", []), {"parent_sha256": parent_digest, **parent}]
-    extra = {"lineage": lineage, "finetune": record}
+    extra = {"origin": {"weights": "finetuned", "data": cfg.data}, "lineage": lineage, "finetune": record}
     report = {"schema": "poolcli.finetune/2", **record, "final": history[-1], "seconds": seconds, "history": history}
     return dataclasses.replace(bundle, extra=extra, classes=list(train.classes)), report
 

@@ -48,3 +48,11 @@ def dataset_fingerprint(ds: ImageDataset) -> str:
     tensor_digest(h, ds.labels.long())
     h.update(repr(ds.preprocess.signature()).encode())
     return h.hexdigest()[:32]
+
+
+def descent(bundle: ModelBundle) -> list[dict[str, Any]]:
+    """The lineage of a model made from ``bundle`` (converted or fine-tuned): the parent's own lineage plus
+    one entry with the parent's content digest and its facts (accuracy, runs, origin). The parent is named
+    by content, not path: the same run from another folder gives the same bytes."""
+    facts = {k: v for k, v in bundle.extra.items() if k != "lineage"}
+    return [*bundle.extra.get("lineage", []), {"parent_sha256": model_fingerprint(bundle), **facts}]
