@@ -143,3 +143,74 @@ def test_hf_cache_location_follows_the_environment(monkeypatch, tmp_path):
     assert hf_cache_dir() == tmp_path / "home" / "hub"
     monkeypatch.delenv("HF_HOME")
     assert hf_cache_dir() == type(tmp_path)(os.path.expanduser("~")) / ".cache" / "huggingface" / "hub"
+
+
+def test_torchvision_weight_tags_bring_their_own_preprocessing_and_size():
+    v1 = poolcli.load_model("tv:resnet50.IMAGENET1K_V1")
+    assert v1.geometry.resize == 256 and poolcli.load_model("tv:resnet50").geometry.resize == 232
+    swag = poolcli.load_model("tv:vit_b_16.IMAGENET1K_SWAG_E2E_V1")
+    assert swag.input_size == (3, 384, 384) and swag.module.image_size == 384
+    assert (swag.geometry.interpolation, swag.geometry.resize) == ("bicubic", 384)
+    with pytest.raises(BadInputError, match="no weights 'BOGUS'"):
+        poolcli.load_model("tv:resnet18.BOGUS")
+    with pytest.raises(BadInputError, match="timm cannot build"):
+        poolcli.load_model("timm:resnet18.bogus")
+    with pytest.raises(BadInputError, match="--use-ema"):
+        poolcli.load_model("timm:resnet18", use_ema=True)
+
+
+def test_timm_hub_vit_loads_from_the_cache(hf_hub):
+    state = _state("timm:vit_tiny_patch16_224", 7)
+    snap = hf_hub / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k" / "snapshots" / "r1"
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("r1")
+    save_file(state, str(snap / "model.safetensors"))
+    got = poolcli.load_model("timm:vit_tiny_patch16_224", pretrained=True)
+    assert _same(state, got.module.state_dict())
+    assert got.classes is not None and got.classes[0] == "n01440764"  # ImageNet synsets, as folder names
+
+
+def test_torchvision_reference_ema_checkpoint(tmp_path):
+    plain, ema = _state("tv:resnet18", 8), _state("tv:resnet18", 9)
+    averaged = {"n_averaged": torch.tensor(100), **{f"module.{k}": v for k, v in ema.items()}}
+    torch.save(
+        {"model": plain, "model_ema": averaged, "args": argparse.Namespace(lr=0.5), "epoch": 9}, tmp_path / "r.pth"
+    )
+    assert _same(plain, poolcli.load_model("tv:resnet18", weights=tmp_path / "r.pth").module.state_dict())
+    got = poolcli.load_model("tv:resnet18", weights=tmp_path / "r.pth", use_ema=True)
+    assert _same(ema, got.module.state_dict()) and got.weights.endswith("(ema)")
+
+
+def test_pretrained_imagenet_model_on_other_classes_is_refused(torch_hub, photos, cli):
+    torch.save(_state("tv:resnet18", 1), torch_hub / "resnet18-f37072fd.pth")
+    code, _, err = cli("evaluate", "tv:resnet18", "--pretrained", "--data", f"folder:{photos}:val")
+    assert code == 2 and "other classes" in err and "n01440764" in err
+    code, out, err = cli(
+        "evaluate", "tv:resnet18", "--pretrained", "--data", f"folder:{photos}:val", "--allow-class-mismatch", "--json"
+    )
+    assert code == 0 and "top5" in json.loads(out)["results"][0]  # 1000 outputs: top-5 means something
+
+
+def test_evaluate_mixes_checkpoints_and_pretrained_architectures(torch_hub, tmp_path, cli):
+    from .conftest import CNN
+
+    torch.save(_state("poolcli:convnet4", 1), tmp_path / "w.pth")
+    code, out, err = cli("evaluate", CNN, "poolcli:convnet4", "--num-classes", "10", "--limit", "20", "--json")
+    assert code == 0, err
+    assert [r["weights"].split(":")[0] for r in json.loads(out)["results"]] == ["checkpoint", "random"]
+
+
+def test_checkpoints_remember_random_origins(tmp_path, cli):
+    out = tmp_path / "c.safetensors"
+    code, _, err = cli("convert", "poolcli:convnet4", "--swap", "@global=gem", "-o", out)
+    assert code == 0 and "random weights" in err
+    code, _, err = cli("evaluate", out, "--limit", "20")
+    assert code == 0 and "made from random weights" in err
+
+
+def test_size_bound_checkpoints_refuse_another_input_size(tmp_path):
+    vit = poolcli.load_model("timm:vit_tiny_patch16_224", input_size="3x32x32")
+    poolcli.save_checkpoint(vit, None, tmp_path / "v.safetensors")
+    with pytest.raises(BadInputError, match="built for 32×32"):
+        poolcli.load_model(tmp_path / "v.safetensors", input_size="3x48x48")

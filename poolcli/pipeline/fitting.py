@@ -149,6 +149,8 @@ def run_fit(
         "schema": "poolcli.fit-pooling/1",
         "site": meta["site"],
         "model": meta.get("model"),
+        "weights": meta.get("weights"),
+        "preprocess": meta.get("preprocess"),
         "data": meta.get("data"),
         "grid": list(grid),
         "channels": meta["channels"],
