@@ -85,7 +85,7 @@ def evaluate_cmd(
     if not STATE["quiet"]:
         table = Table(title=f"evaluate on {data} ({doc['device']})", title_justify="left")
         for col in ("model", "weights", "images", "top-1", "top-5", "loss", "images/s"):
-            table.add_column(col, justify="left" if col in ("model", "weights") else "right")
+            table.add_column(col, justify="left" if col in ("model", "weights") else "right", no_wrap=col == "model")
         for r in doc["results"]:
             table.add_row(
                 r["model"],
