@@ -295,6 +295,8 @@ def fit(
     solver: str = "auto",
     output: Path | str | None = None,
     plot: Path | str | None = None,
+    max_memory: int | str | None = None,
+    on_plan: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Closed-form learned pooling from statistics (``(stats, meta)`` of :func:`collect`, or a statistics
     file path): for every α the top-``k`` generalized eigenvectors per output location. Writes ``output``
@@ -309,8 +311,38 @@ def fit(
     alphas = check_alphas([float(a) for a in alphas])
     out, png = (Path(output) if output else None), (Path(plot) if plot else None)
     check_fit_outputs(out, png, alphas)
-    doc = run_fit(stats, meta, alphas, k=k, norm=norm, stride=stride, solver=solver, output=out, plot=png)
+    doc = run_fit(
+        stats,
+        meta,
+        alphas,
+        k=k,
+        norm=norm,
+        stride=stride,
+        solver=solver,
+        output=out,
+        plot=png,
+        max_memory=memory_budget(max_memory),
+        on_plan=on_plan,
+    )
     return {**doc, "environment": environment()}
+
+
+def memory_budget(max_memory: int | str | None) -> int | None:
+    """``--max-memory`` (``8G``, bytes) → bytes; None: 3/4 of the available memory."""
+    from .learn.memory import parse_size
+
+    return parse_size(max_memory) if isinstance(max_memory, str) else max_memory
+
+
+def fit_plan(
+    meta: dict[str, Any], *, k: int = 2, stride: int = 2, solver: str = "auto", max_memory: int | str | None = None
+):
+    """What a fit of the statistics described by ``meta`` (grid, channels, classes) will hold in memory and
+    how it will be solved; refused (one line, with what helps) when it cannot fit the budget."""
+    from .pipeline.fitting import plan_for
+
+    grid = tuple(meta["grid"])
+    return plan_for(grid, int(meta["channels"]), len(meta["classes"]), k, stride, solver, memory_budget(max_memory))
 
 
 def convert(

@@ -90,25 +90,37 @@ class CliReporter:
     def __init__(self, con: Console, interval: float | None = None):
         self.con = con
         self.interval = float(os.environ.get("POOLCLI_PROGRESS_SECONDS", 30)) if interval is None else interval
+        self._bar: Progress | None = None
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None, unit: str) -> Iterator[Any]:
-        if self.con.is_terminal:
-            with Progress(
-                TextColumn("{task.description}", markup=False),
-                BarColumn(),
-                MofNCompleteColumn(),
-                _Rate(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=self.con,
-                transient=True,
-            ) as bar:
+        if not self.con.is_terminal:
+            yield from self._lines(description, total, unit)
+            return
+        if self._bar is not None:  # a step inside a step (chunks of a solve): one more line in the same bar
+            tid = self._bar.add_task(description, total=total, unit=unit)
+            try:
+                yield lambda n=1: self._bar.advance(tid, n)
+            finally:
+                self._bar.remove_task(tid)
+            return
+        with Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.con,
+            transient=True,
+        ) as bar:
+            self._bar = bar
+            try:
                 tid = bar.add_task(description, total=total, unit=unit)
                 yield lambda n=1: bar.advance(tid, n)
-            return
-        yield from self._lines(description, total, unit)
+            finally:
+                self._bar = None
 
     def _lines(self, description: str, total: int | None, unit: str) -> Iterator[Any]:
         start = last = time.monotonic()

@@ -32,6 +32,20 @@ from .common import (
 )
 
 
+def _plan_before_collect(model, site, at, k, stride, solver, max_memory, model_opts) -> None:
+    """Refuse a fit that cannot fit in memory before the (long) statistics pass: the site's grid and
+    channels from one forward pass."""
+    from .. import api
+
+    bundle = api.load_model(model, **model_opts)
+    report = api.inspect(bundle)
+    chosen = report.resolve(site, bundle.module)
+    shape = chosen.out_shape if at == "output" else chosen.in_shape
+    if shape and len(shape) == 3:
+        meta = {"grid": list(shape[1:]), "channels": shape[0], "classes": ["?"]}  # D (rank Q·C) checked after
+        api.fit_plan(meta, k=k, stride=stride, solver=solver, max_memory=max_memory)
+
+
 @app.command("fit-pooling")
 @model_options
 def fit_cmd(
@@ -68,6 +82,15 @@ def fit_cmd(
     workers: WorkersOpt = 0,
     seed: SeedOpt = 0,
     bad_images: BadImagesOpt = "error",
+    max_memory: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-memory",
+            metavar="SIZE",
+            help="Memory budget of the solve, e.g. 8G (default: 3/4 of the available memory); the fit is "
+            "refused up front when it cannot fit.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
@@ -92,6 +115,7 @@ def fit_cmd(
     else:
         if site is None:
             raise BadInputError("fitting from a model needs --site (e.g. --site @down3)")
+        _plan_before_collect(model, site, at, eigvecs, stride, solver, max_memory, model_opts or {})
         stats, meta = api.collect(
             model,
             site,
@@ -108,7 +132,17 @@ def fit_cmd(
             **(model_opts or {}),
         )
     doc = api.fit(
-        stats, meta, alphas=alphas, k=eigvecs, norm=norm, stride=stride, solver=solver, output=output, plot=plot
+        stats,
+        meta,
+        alphas=alphas,
+        k=eigvecs,
+        norm=norm,
+        stride=stride,
+        solver=solver,
+        output=output,
+        plot=plot,
+        max_memory=max_memory,
+        on_plan=lambda plan: info(plan.describe()),
     )
     if not STATE["quiet"]:
         table = Table(

@@ -54,7 +54,7 @@ def solve_exact(A: torch.Tensor, B: torch.Tensor, penalty: torch.Tensor, alpha: 
     n = a.shape[0]
     kk = min(k + 1, n)
     vecs, vals, guard = [], [], []
-    with task(f"fit α={alpha:g}: eigen-solve", penalty.shape[0], unit="locations") as advance:
+    with task("fit: eigen-solve per location", penalty.shape[0], unit="locations") as advance:
         for c in penalty.double().numpy():
             g = b.copy()
             g[range(n), range(n)] += alpha * c
@@ -65,6 +65,55 @@ def solve_exact(A: torch.Tensor, B: torch.Tensor, penalty: torch.Tensor, alpha: 
             guard.append(float(w[k]) if kk > k else math.nan)
             advance(1)
     return EigResult(torch.stack(vecs), torch.stack(vals), torch.tensor(guard, dtype=torch.float64), 0, 0.0)
+
+
+def locality_penalty_rows(
+    in_hw: tuple[int, int], out_hw: tuple[int, int], rows: range, dtype=torch.float64
+) -> torch.Tensor:
+    """Rows ``rows`` of :func:`locality_penalty` without forming the others ([len(rows), N])."""
+    h, w = in_hw
+    ho, wo = out_hw
+    sy, sx = h / ho, w / wo
+    idx = torch.arange(rows.start, rows.stop)
+    cy = ((idx // wo).to(dtype) + 0.5) * sy - 0.5
+    cx = ((idx % wo).to(dtype) + 0.5) * sx - 0.5
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij")
+    return (yy.reshape(1, -1) - cy[:, None]) ** 2 + (xx.reshape(1, -1) - cx[:, None]) ** 2
+
+
+def solve_lobpcg_chunked(
+    A_factor: torch.Tensor,
+    B: torch.Tensor,
+    in_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    alpha: float,
+    k: int,
+    *,
+    chunk: int,
+    tol: float = 1e-9,
+    max_iter: int = 500,
+    seed: int = 0,
+) -> EigResult:
+    """:func:`solve_lobpcg` over the output cells in chunks of ``chunk`` (memory ∝ chunk, not M); the
+    penalty rows of each chunk are made when it is solved. Same results as one block."""
+    m = out_hw[0] * out_hw[1]
+    chunk = max(1, min(int(chunk), m))
+    parts: list[EigResult] = []
+    with task(f"fit: LOBPCG in chunks of {chunk} locations", m, unit="locations") as advance:
+        for start in range(0, m, chunk):
+            rows = range(start, min(m, start + chunk))
+            penalty = locality_penalty_rows(in_hw, out_hw, rows, B.dtype)
+            parts.append(
+                solve_lobpcg(A_factor, B, penalty, alpha, k, tol=tol, max_iter=max_iter, seed=seed, first=start)
+            )
+            advance(len(rows))
+    return EigResult(
+        vectors=torch.cat([p.vectors for p in parts]),
+        values=torch.cat([p.values for p in parts]),
+        guard=torch.cat([p.guard for p in parts]),
+        iterations=max(p.iterations for p in parts),
+        residual=max(p.residual for p in parts),
+    )
 
 
 def _apply_A(A_factor: torch.Tensor, X: torch.Tensor, dense: bool) -> torch.Tensor:
@@ -112,8 +161,13 @@ def solve_lobpcg(
     dense_A: bool | None = None,
     X0: torch.Tensor | None = None,
     seed: int = 0,
+    first: int = 0,
 ) -> EigResult:
-    """Block LOBPCG for the top-k (+1 guard) generalized eigenpairs of all M problems at once."""
+    """Block LOBPCG for the top-k (+1 guard) generalized eigenpairs of all M problems at once.
+
+    Every problem's start, preconditioner and stopping depend on that problem only (``first``: the index of
+    ``penalty``'s first row among all output cells, which seeds its start), so solving the cells in chunks
+    gives the results of one block."""
     n = B.shape[0]
     m = penalty.shape[0]
     nb = min(k + 1, n)
@@ -121,13 +175,18 @@ def solve_lobpcg(
     if dense and A_factor.shape[1] != n:
         A_factor = A_factor @ A_factor.t()
     dtype = B.dtype
-    g = torch.Generator().manual_seed(seed)
     diagG = torch.diagonal(B)[None, :] + alpha * penalty  # [M, N]
-    precond = 1.0 / diagG.clamp(min=1e-12 * float(diagG.abs().max()))
+    precond = 1.0 / diagG.clamp(min=1e-12 * diagG.abs().amax(dim=1, keepdim=True))
     if X0 is None:  # localised starts: a bump around each output cell plus random perturbations
         scale = penalty.amin(dim=1, keepdim=True) + penalty.mean(dim=1, keepdim=True) / 8 + 1e-12
         bump = torch.exp(-penalty / scale)
-        X0 = bump[:, :, None] * (1 + 0.5 * torch.randn(m, n, nb, generator=g, dtype=dtype))
+        noise = torch.stack(
+            [
+                torch.randn(n, nb, generator=torch.Generator().manual_seed(seed * 1_000_003 + first + i), dtype=dtype)
+                for i in range(m)
+            ]
+        )
+        X0 = bump[:, :, None] * (1 + 0.5 * noise)
         X0[:, :, 0] = bump
     X = X0.to(dtype)
     GX = _apply_G(B, penalty, alpha, X)
@@ -136,7 +195,7 @@ def solve_lobpcg(
     P = None
     it = 0
     rel = math.inf
-    with task(f"fit α={alpha:g}: LOBPCG (all locations at once)", max_iter, unit="iterations") as advance:
+    with task("fit: LOBPCG iterations (this chunk)", max_iter, unit="iterations") as advance:
         for it in range(1, max_iter + 1):  # noqa: B007 (it is reported after the loop)
             X, GX, AX = _renormalise(X, GX, AX)
             lam = (X * AX).sum(1)

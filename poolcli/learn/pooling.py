@@ -7,7 +7,8 @@ import math
 
 import torch
 
-from .eigen import locality_penalty, output_grid, solve_exact, solve_lobpcg
+from .eigen import locality_penalty, output_grid, solve_exact, solve_lobpcg_chunked
+from .memory import plan_fit
 
 
 @dataclasses.dataclass
@@ -126,30 +127,41 @@ def fit_pooling(
     ridge: float | None = None,
     tol: float = 1e-10,
     seed: int = 0,
+    max_memory: int | None = None,
 ) -> PoolingFit:
+    """The learned pooling for every output cell. ``B`` is used in place and left as it was (a ridge is
+    added to its diagonal during the solve, then the diagonal is restored). ``max_memory``: the byte budget
+    the LOBPCG chunks are sized to (default: 3/4 of the available memory); a fit that cannot fit is refused
+    before any work."""
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be l1 or l2, not {norm!r}")
     n = B.shape[0]
     if n != in_hw[0] * in_hw[1]:
         raise ValueError(f"statistics have {n} locations, not {in_hw[0]}×{in_hw[1]}")
     out_hw = output_grid(in_hw, stride)
-    penalty = locality_penalty(in_hw, out_hw)
-    # α is made scale-free: B's diagonal grows with channels and classes, so A and B are divided by
-    # mean(diag B) (same eigenvectors and separability ratios; α then weighs squared pixel distance
-    # against the average within-class scatter of one location)
+    # α is made scale-free: B's diagonal grows with channels and classes, so the problem is posed for A and
+    # B divided by s = mean(diag B) (α then weighs squared pixel distance against the average within-class
+    # scatter of one location). A/s p = λ (B/s + α C) p is A p = λ (B + α s C) p: same λ and p, so the
+    # solver gets B itself and α·s (no scaled N×N copy)
     b_scale = float(torch.diagonal(B).mean())
     if not b_scale > 0:
         raise ValueError("the within-class scatter is zero: every image of a class has the same map at this site")
-    D, B = D / math.sqrt(b_scale), B / b_scale
-    ridge = needs_ridge(B) if ridge is None else float(ridge)
-    Br = B + ridge * torch.eye(n, dtype=B.dtype) if ridge else B
     method = ("exact" if n <= 256 else "lobpcg") if solver == "auto" else solver
-    if method == "exact":
-        res = solve_exact(D @ D.t(), Br, penalty, alpha, k)  # LAPACK needs A dense; N ≤ 256 here by default
-    elif method == "lobpcg":
-        res = solve_lobpcg(D, Br, penalty, alpha, k, tol=tol, seed=seed)
-    else:
+    if method not in ("exact", "lobpcg"):
         raise ValueError(f"solver must be auto, exact or lobpcg, not {solver!r}")
+    plan = plan_fit(n, out_hw[0] * out_hw[1], k, D.shape[1], method, max_memory)
+    ridge = needs_ridge(B) / b_scale if ridge is None else float(ridge)  # relative to the scaled B
+    diagonal = B.diagonal().clone()
+    a_s = alpha * b_scale
+    try:
+        if ridge:
+            B.diagonal().add_(ridge * b_scale)
+        if method == "exact":
+            res = solve_exact(D @ D.t(), B, locality_penalty(in_hw, out_hw), a_s, k)  # LAPACK needs A dense
+        else:
+            res = solve_lobpcg_chunked(D, B, in_hw, out_hw, a_s, k, chunk=plan.chunk, tol=tol, seed=seed)
+    finally:
+        B.diagonal().copy_(diagonal)  # the separability below is measured with the scatter itself
     vecs = _normalise(res.vectors, norm)
     top = vecs[:, :, 0]
     avg = average_vectors(in_hw, out_hw)

@@ -17,6 +17,18 @@ import dataclasses
 import torch
 
 
+def symmetrise_(M: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """M ← (M + Mᵀ)/2 in place, block by block (no second N×N array)."""
+    n = M.shape[0]
+    for i in range(0, n, block):
+        for j in range(i, n, block):
+            upper = M[i : i + block, j : j + block]
+            avg = 0.5 * (upper + M[j : j + block, i : i + block].t())
+            upper.copy_(avg)
+            M[j : j + block, i : i + block].copy_(avg.t())
+    return M
+
+
 @dataclasses.dataclass
 class ScatterStats:
     weights: torch.Tensor  # [Q] float64, 1/K_q for the planned (capped) class counts
@@ -114,5 +126,5 @@ class ScatterStats:
         centre = means.mean(0)
         D = (means - centre).permute(1, 0, 2).reshape(self.num_locations, -1)  # [N, Q'·C]
         flat = means.permute(1, 0, 2).reshape(self.num_locations, -1)
-        B = self.gram - flat @ flat.t()
-        return D, 0.5 * (B + B.t())
+        B = self.gram.clone().addmm_(flat, flat.t(), alpha=-1)  # one N×N array beside the Gram, no temporaries
+        return D, symmetrise_(B)

@@ -84,6 +84,8 @@ def run_fit(
     solver: str,
     output: Path | None,
     plot: Path | None,
+    max_memory: int | None = None,
+    on_plan: Any = None,
 ) -> dict[str, Any]:
     check_fit_options(norm, solver, k, stride)
     present = stats.present_classes()
@@ -105,6 +107,9 @@ def run_fit(
             f"--eigvecs {k} exceeds the {grid[0] * grid[1]} input locations of the site; use at most "
             f"{grid[0] * grid[1]}"
         )
+    plan = plan_for(grid, stats.channel_scale.numel(), int(present.numel()), k, stride, solver, max_memory)
+    if on_plan is not None:
+        on_plan(plan)  # said before the long work
     try:
         D, B = stats.scatter()
     except ValueError as e:
@@ -113,7 +118,9 @@ def run_fit(
     for alpha in alphas:  # every fit first: a failing α leaves no file of the others behind
         t0 = time.perf_counter()
         try:
-            fit = fit_pooling(D, B, grid, stride=stride, alpha=alpha, k=k, norm=norm, solver=solver)
+            fit = fit_pooling(
+                D, B, grid, stride=stride, alpha=alpha, k=k, norm=norm, solver=solver, max_memory=max_memory
+            )
         except ValueError as e:
             raise BadInputError(str(e)) from None
         check_finite(
@@ -166,4 +173,18 @@ def run_fit(
             "eigengap_rel": "(λ1 − λ2) / λ1 per location",
         },
         "fits": fits,
+        "memory_plan": plan.describe(),
     }
+
+
+def plan_for(
+    grid: tuple[int, int], channels: int, classes: int, k: int, stride: int, solver: str, max_memory: int | None
+):
+    """The memory plan of a fit at a site (:func:`poolcli.learn.memory.plan_fit`), before any work."""
+    from ..learn.eigen import output_grid
+    from ..learn.memory import plan_fit
+
+    n = grid[0] * grid[1]
+    out = output_grid(tuple(grid), stride)
+    method = ("exact" if n <= 256 else "lobpcg") if solver == "auto" else solver
+    return plan_fit(n, out[0] * out[1], k, classes * channels, method, max_memory)
