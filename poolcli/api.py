@@ -19,6 +19,7 @@ preprocessed. Results are plain objects: dataclasses and JSON-ready dicts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -250,7 +251,7 @@ def collect(
     out = Path(output) if output is not None else None
     if out is not None:
         check_output(out)
-    lock = output_lock(out, "poolcli collect") if out is not None else _nothing()
+    lock = output_lock(out, "poolcli collect") if out is not None else contextlib.nullcontext()
     with lock:
         stats, meta = collect_stats(
             bundle,
@@ -274,14 +275,6 @@ def collect(
         rank = meta.get("world_size", 1) > 1 and os.environ.get("RANK")
         (path.with_name(f"{path.name}.rank{rank}") if rank else path).unlink(missing_ok=True)
     return stats, meta
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> bool:
-        return False
 
 
 def fit(
@@ -360,7 +353,7 @@ def convert(
     """Swap the pooling at sites (``"@down3=learned:pool.safetensors"`` or ``(site, op)``); returns the new
     bundle and a report (per-swap results, MACs and parameters before/after). With ``output`` the checkpoint
     is written, reloaded and checked before it replaces the file."""
-    from .io.atomic import check_output
+    from .io.atomic import check_output, check_suffix
     from .models.checkpoint import save_checkpoint
     from .models.convert import convert as convert_model
     from .models.convert import parse_swap
@@ -370,7 +363,7 @@ def convert(
     out = Path(output) if output is not None else None
     if out is not None:
         check_output(out)
-        check_checkpoint_path(out)
+        check_suffix(out, "poolcli checkpoints")
     bundle = load_model(model, **options)
     if out is not None:
         check_saveable(bundle)
@@ -426,7 +419,7 @@ def finetune(
     report; with ``output`` the checkpoint is written."""
     import dataclasses
 
-    from .io.atomic import check_output
+    from .io.atomic import check_output, check_suffix
     from .models.checkpoint import save_checkpoint
     from .pipeline.finetune import FinetuneConfig
     from .pipeline.finetune import finetune as run_finetune
@@ -442,7 +435,7 @@ def finetune(
     out = Path(output) if output is not None else None
     if out is not None:
         check_output(out)
-        check_checkpoint_path(out)
+        check_suffix(out, "poolcli checkpoints")
     bundle = load_model(model, **options)
     if out is not None:
         check_saveable(bundle)
@@ -556,13 +549,4 @@ def check_saveable(bundle: ModelBundle) -> None:
         raise BadInputError(
             f"{bundle.spec} is a bare nn.Module: a checkpoint rebuilds its model from a timm:/tv:/poolcli: spec, "
             "so it cannot be written; convert it in memory (no output=) and save it with torch.save"
-        )
-
-
-def check_checkpoint_path(path: Path) -> None:
-    """Checkpoints are safetensors files: refuse other extensions before any work."""
-    if path.suffix != ".safetensors":
-        raise BadInputError(
-            f"-o {quote(path)}: poolcli checkpoints are .safetensors files; name it "
-            f"{path.with_suffix('.safetensors').name}"
         )

@@ -9,9 +9,8 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from ..errors import BadInputError
-from ..io.atomic import check_output
+from ..io.atomic import check_output, check_suffix
 from ..pipeline.collect import merge_stats, save_stats
-from ..text import quote
 from .app import app
 from .common import (
     BadImagesOpt,
@@ -97,7 +96,7 @@ def collect_cmd(
     from .. import api
 
     check_output(output)
-    check_stats_path(output)
+    check_suffix(output, "statistics files")
     partial = output.with_name(output.name + ".partial")
     writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank holds the all-reduced sums; one writes
     stats, meta = api.collect(
@@ -126,14 +125,6 @@ def collect_cmd(
             emit_json(stats_document(meta, stats))
 
 
-def check_stats_path(path: Path) -> None:
-    if path.suffix != ".safetensors":
-        raise BadInputError(
-            f"-o {quote(path)}: statistics files are .safetensors files; name it "
-            f"{path.with_suffix('.safetensors').name}"
-        )
-
-
 @stats_app.command("merge")
 def merge_cmd(
     files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Statistics files (shards) to add up.")],
@@ -143,7 +134,7 @@ def merge_cmd(
 
     Example: poolcli stats merge s0.safetensors s1.safetensors -o stats.safetensors
     """
-    check_stats_path(output)
+    check_suffix(output, "statistics files")
     check_output(output)
     stats, meta = merge_stats(files)
     save_stats(output, stats, meta)

@@ -154,15 +154,6 @@ def install_reporter() -> None:
     _progress.set_reporter(None if STATE["quiet"] else CliReporter(console()))
 
 
-@contextlib.contextmanager
-def progress(description: str, total: int | None, unit: str = "images") -> Iterator[Any]:
-    """A progress view for CLI-level loops (the pipelines report through :mod:`poolcli.progress`)."""
-    from .. import progress as _progress
-
-    with _progress.task(description, total, unit) as advance:
-        yield advance
-
-
 # ----------------------------------------------------------------------------- option types
 ModelArg = Annotated[
     str,

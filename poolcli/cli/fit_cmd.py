@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError
+from ..io.atomic import check_suffix
 from ..pipeline.collect import load_stats
 from ..pipeline.fitting import check_fit_options, check_fit_outputs, parse_alphas
-from ..text import quote
 from .app import app
 from .collect_cmd import AtOpt, CapOpt
 from .common import (
@@ -32,12 +32,11 @@ from .common import (
 )
 
 
-def _plan_before_collect(model, site, at, k, stride, solver, max_memory, model_opts) -> None:
+def _plan_before_collect(bundle, site, at, k, stride, solver, max_memory) -> None:
     """Refuse a fit that cannot fit in memory before the (long) statistics pass: the site's grid and
     channels from one forward pass."""
     from .. import api
 
-    bundle = api.load_model(model, **model_opts)
     report = api.inspect(bundle)
     chosen = report.resolve(site, bundle.module)
     shape = chosen.out_shape if at == "output" else chosen.in_shape
@@ -104,8 +103,8 @@ def fit_cmd(
     alphas = parse_alphas(alpha)
     check_fit_options(norm, solver, eigvecs, stride)
     check_fit_outputs(output, plot, alphas)
-    if output is not None and output.suffix != ".safetensors":
-        raise BadInputError(f"-o {quote(output)}: pooling files are .safetensors files; end the name in .safetensors")
+    if output is not None:
+        check_suffix(output, "pooling files")
     if (model is None) == (stats_file is None):
         raise BadInputError("give either a MODEL (with --site) or --stats FILE")
     if stats_file is not None:
@@ -115,9 +114,10 @@ def fit_cmd(
     else:
         if site is None:
             raise BadInputError("fitting from a model needs --site (e.g. --site @down3)")
-        _plan_before_collect(model, site, at, eigvecs, stride, solver, max_memory, model_opts or {})
+        bundle = api.load_model(model, **(model_opts or {}))  # loaded once: for the plan and the pass
+        _plan_before_collect(bundle, site, at, eigvecs, stride, solver, max_memory)
         stats, meta = api.collect(
-            model,
+            bundle,
             site,
             data,
             at=at,
@@ -129,7 +129,6 @@ def fit_cmd(
             workers=workers,
             seed=seed,
             bad_images=bad_images,
-            **(model_opts or {}),
         )
     doc = api.fit(
         stats,

@@ -89,6 +89,15 @@ def check_output(path: str | os.PathLike, option: str = "-o", nbytes: int | None
     return target
 
 
+def check_suffix(path: str | os.PathLike, what: str, option: str = "-o") -> None:
+    """poolcli writes only ``.safetensors`` files: refuse another name before any work."""
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        raise BadInputError(
+            f"{option} {quote(p)}: {what} are .safetensors files; name it {p.with_suffix('.safetensors').name}"
+        )
+
+
 def check_distinct(*paths: tuple[str, str | os.PathLike | None]) -> None:
     """Refuse two outputs (``(option, path)`` pairs) that name the same file."""
     seen: dict[str, str] = {}

@@ -122,11 +122,11 @@ def _tv_defaults(name: str, tag: str | None = None) -> tuple[tuple[int, int, int
         from .pretrained import tv_weights
 
         t = tv_weights(name, tag).transforms()
-    try:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-        t = weights.transforms() if tag is None else t
-    except (ValueError, KeyError, AttributeError, TypeError):
-        t = None
+    else:
+        try:
+            t = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+        except (ValueError, KeyError, AttributeError, TypeError):
+            t = None
     if t is None or not hasattr(t, "crop_size"):
         side = 299 if name == "inception_v3" else 224
         return (3, side, side), IMAGENET_MEAN, IMAGENET_STD, PhotoGeometry(style="tv", resize=int(side / 0.875))
@@ -267,7 +267,7 @@ def _from_library(
     _check_channels(size, size_default[0], spec)
     if tuple(size[1:]) != tuple(native[1:]):
         module = _build_for_size(source, name, kwargs, module, size, native)
-    origin, reset = "random", []
+    reset: list[str] = []
     kind, source_file = "random", None
     if pretrained and source == "timm":
         from .pretrained import timm_pretrained
@@ -276,15 +276,15 @@ def _from_library(
         default = getattr(module, "pretrained_cfg", {}).get("num_classes")
         if num_classes is not None and default not in (None, num_classes):
             reset = head_names(module, num_classes)
-        origin, kind, source_file = f"pretrained:{path}", "pretrained", path
+        kind, source_file = "pretrained", path
     elif pretrained and source == "tv":
         from .pretrained import tv_pretrained
 
         reset, path = tv_pretrained(name, module, num_classes, tag, use_ema)
-        origin, kind, source_file = f"pretrained:{path}", "pretrained", path
+        kind, source_file = "pretrained", path
     elif state is not None:
         reset = load_with_head(module, state, str(weights), spec, num_classes)
-        origin, kind, source_file = f"file:{weights}", "file", str(weights)
+        kind, source_file = "file", str(weights)
     bundle = ModelBundle(
         module=module,
         base={"source": source, "name": name, "kwargs": kwargs},
@@ -293,7 +293,7 @@ def _from_library(
         std=std,
         spec=spec,
         geometry=_scaled_resize(geometry, size_default, size),
-        weights=origin + (" (ema)" if use_ema else ""),
+        weights=(f"{kind}:{source_file}" if source_file else kind) + (" (ema)" if use_ema else ""),
     )
     bundle.head_reset = sorted({k.rsplit(".", 1)[0] for k in reset})
     if kind == "pretrained" and not reset:
