@@ -214,10 +214,12 @@ def collect(
     checkpoint_every: int = 0,
     bad_images: str = "error",
     output: Path | str | None = None,
+    precision: str = "mixed",
     **options: Any,
 ):
     """Scatter statistics of ``site``'s maps over ``data``: returns ``(ScatterStats, metadata)``; with
-    ``output`` they are also written there (checked before the pass)."""
+    ``output`` they are also written there (checked before the pass). ``precision``: ``mixed`` (each
+    batch's Gram product in float32, summed in float64; relative error ~1e-7) or ``float64``."""
     from .io.atomic import check_output, output_lock
     from .pipeline.collect import collect_stats, save_stats
     from .runtime import resolve_device, seed_everything
@@ -267,6 +269,7 @@ def collect(
             checkpoint_every=checkpoint_every,
             description=desc,
             output=out,
+            precision=precision,
         )
         if out is not None:
             save_stats(out, stats, meta)

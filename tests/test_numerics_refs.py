@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
+import scipy.linalg
 import torch
 
 from poolcli.learn.pooling import fit_pooling, needs_ridge
@@ -89,6 +91,21 @@ def test_ridge_is_decided_by_the_spectrum_for_every_draw():
         assert (fit.ratio[torch.isfinite(fit.ratio)] >= 0).all()
     full = torch.randn(n, 80, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     assert needs_ridge(full @ full.t()) == 0.0
+    assert needs_ridge(full @ full.t(), rank_bound=n - 1) > 0  # fewer samples than locations: no factorisation
+
+
+@pytest.mark.parametrize("cond,singular", [(1e6, False), (1e8, False), (1e10, True), (1e14, True)])
+def test_ridge_threshold_is_the_condition_number(cond, singular):
+    """B with a known spectrum (geometric from 1 down to 1/cond, random eigenbasis): the ridge exactly when
+    the condition number passes 1e9, checked against scipy's eigenvalues of the same matrix."""
+    n = 64
+    Q = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64))[0]
+    lam = torch.logspace(0, -math.log10(cond), n, dtype=torch.float64)
+    B = (Q * lam) @ Q.t()
+    B = 0.5 * (B + B.t())
+    ref = scipy.linalg.eigvalsh(B.numpy())
+    assert (ref[0] <= ref[-1] / 1e9) == singular
+    assert (needs_ridge(B) > 0) == singular
 
 
 def test_blank_border_cells_are_left_out_of_the_gain_not_divided_by_zero():

@@ -21,6 +21,7 @@ from .common import (
     JsonOpt,
     LimitOpt,
     ModelArg,
+    PrecisionOpt,
     SeedOpt,
     WorkersOpt,
     emit_json,
@@ -86,6 +87,7 @@ def collect_cmd(
         ),
     ] = 0,
     bad_images: BadImagesOpt = "error",
+    precision: PrecisionOpt = "mixed",
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
@@ -116,6 +118,7 @@ def collect_cmd(
         checkpoint_every=checkpoint_every,
         bad_images=bad_images,
         output=output if writer else None,
+        precision=precision,
         **(model_opts or {}),
     )
     if writer:

@@ -23,6 +23,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     LimitOpt,
+    PrecisionOpt,
     SeedOpt,
     WorkersOpt,
     console,
@@ -81,6 +82,7 @@ def fit_cmd(
     workers: WorkersOpt = 0,
     seed: SeedOpt = 0,
     bad_images: BadImagesOpt = "error",
+    precision: PrecisionOpt = "mixed",
     max_memory: Annotated[
         Optional[str],
         typer.Option(
@@ -129,6 +131,7 @@ def fit_cmd(
             workers=workers,
             seed=seed,
             bad_images=bad_images,
+            precision=precision,
         )
     doc = api.fit(
         stats,

@@ -6,7 +6,9 @@ cells (M×N×k) and the float32 pooling maps written out (k×M×N), the post-fit
 M×N), and per cell in a LOBPCG chunk about 40 blocks of N×(k+1): 22 live ones (X, G·X, A·X, the search
 space S, G·S, A·S of three blocks each, the residual, the implicit P, the new Ritz block) and measured
 temporaries, plus its penalty, preconditioner and start rows. The exact LAPACK path (small N) holds A dense
-and one N×N matrix per cell at a time.
+and one N×N matrix per cell at a time. ``held``: bytes the caller keeps alive beside the fit (``fit-pooling``:
+the statistics' Gram and class sums). Before the solve, deciding whether B needs a ridge may take one
+N×N copy (a Cholesky factorisation); that phase's peak counts too.
 """
 
 from __future__ import annotations
@@ -76,12 +78,12 @@ def gib(b: int) -> str:
     return f"{b / 2**30:.2f} GiB" if b >= 2**28 else f"{b / 2**20:.0f} MiB"
 
 
-def plan_fit(n: int, m: int, k: int, rank: int, solver: str, budget: int | None = None) -> FitPlan:
+def plan_fit(n: int, m: int, k: int, rank: int, solver: str, budget: int | None = None, held: int = 0) -> FitPlan:
     """The solver's chunk for a budget; refuses (one line, with the options that help) when even one cell
     does not fit."""
     budget = default_budget() if budget is None else int(budget)
     nb = min(k + 1, n)
-    fixed = F64 * (n * n + n * rank + m * n * k + 2 * m * n) + 4 * k * m * n
+    fixed = F64 * (n * n + n * rank + m * n * k + 2 * m * n) + 4 * k * m * n + held
     if solver == "exact":
         peak = fixed + F64 * (2 * n * n + 4 * n * nb)  # A dense and one G_m in LAPACK
         chunk = m
@@ -90,6 +92,7 @@ def plan_fit(n: int, m: int, k: int, rank: int, solver: str, budget: int | None 
         room = budget - fixed
         chunk = max(0, min(m, room // per_cell))
         peak = fixed + max(1, chunk) * per_cell
+    peak = max(peak, fixed + F64 * n * n)  # the ridge check's factorisation
     plan = FitPlan(n, m, k, solver, int(chunk), int(fixed), int(peak), budget)
     if peak > budget or chunk < 1:
         raise BadInputError(

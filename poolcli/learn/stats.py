@@ -6,8 +6,19 @@ For maps X_k ∈ R^{N×C} (N = H·W locations, channels scaled by 1/σ_c), with 
     A = Σ_q (X̄_q − X̄)(X̄_q − X̄)ᵀ = D Dᵀ,   D = [X̄_1 − X̄ | … | X̄_Q − X̄]  (N × Q·C),
     B = Σ_q (1/K_q) Σ_{k∈q} X_k X_kᵀ − Σ_q X̄_q X̄_qᵀ = G − Σ_q X̄_q X̄_qᵀ.
 Only sums are accumulated (float64): counts, per-class sums of the maps, and ONE Gram G with weights
-1/K_q (a single batched GEMM per batch, no per-class N×N matrices). Sums merge by addition, so shards
-and ranks combine exactly; memory does not depend on the number of images.
+1/K_q (no per-class N×N matrices). Sums merge by addition, so shards and ranks combine exactly; memory
+does not depend on the number of images.
+
+The maps are centred by the mean map of the moments pass (per channel and location, ``centre`` [C, N])
+before they are summed: A and B do not change (each is a difference of second moments about the class
+means), but the Gram's entries become second moments about a common centre instead of raw ones, so its
+rounding errors are not amplified by the cancellation in B = G − Σ X̄_q X̄_qᵀ (measured at the fixture's
+@down1: the float32 product's error on G is 6× smaller about the mean map than about the channel means,
+and 1e-2 relative on B without centring). Precision ``mixed`` (default): each batch's centred maps are
+rounded to float32 once, and the batch's Gram is one float32 product (only the upper triangle, in strips:
+the SYRK half of the flops) added into the float64 Gram; every sum across images is float64. The error is
+the float32 rounding of one batch's product (measured: relative ≤ 2e-7 on A and B at the fixture's
+@down1; docs/BENCHMARKS.md). Precision ``float64`` does the same products in float64.
 """
 
 from __future__ import annotations
@@ -15,6 +26,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+
+PRECISIONS = ("mixed", "float64")
+STRIP = 128  # rows per strip of the upper-triangular Gram update
 
 
 def symmetrise_(M: torch.Tensor, block: int = 1024) -> torch.Tensor:
@@ -39,6 +53,9 @@ class ScatterStats:
     channel_scale: torch.Tensor  # [C] σ_c
     grid: tuple[int, int]  # (H, W)
 
+    precision: str = "mixed"  # mixed | float64: the dtype of each batch's products (sums are float64)
+    centre: torch.Tensor | None = None  # [C, N] subtracted from every map (None: channel_mean everywhere)
+
     @classmethod
     def empty(
         cls,
@@ -46,7 +63,11 @@ class ScatterStats:
         grid: tuple[int, int],
         channel_mean: torch.Tensor,
         channel_scale: torch.Tensor,
+        precision: str = "mixed",
+        centre: torch.Tensor | None = None,
     ) -> ScatterStats:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         q, n, c = planned_counts.numel(), grid[0] * grid[1], channel_scale.numel()
         w = torch.where(
             planned_counts > 0, 1.0 / planned_counts.clamp(min=1).double(), torch.zeros(q, dtype=torch.float64)
@@ -59,14 +80,20 @@ class ScatterStats:
             channel_mean=channel_mean.double(),
             channel_scale=channel_scale.double(),
             grid=tuple(grid),
+            precision=precision,
+            centre=None if centre is None else centre.double().reshape(c, n),
         )
 
     @property
     def num_locations(self) -> int:
         return self.gram.shape[0]
 
-    def update(self, maps: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch of maps [b, C, H, W] (any float dtype/device) with labels [b]."""
+    def update(self, maps: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Add a batch of maps [b, C, H, W] (any float dtype/device) with labels [b]; returns whether the
+        batch's class sums are finite (a NaN or inf anywhere in the maps makes them not finite).
+
+        Only the Gram's upper triangle (by strips of :data:`STRIP` rows) is updated here; :meth:`complete`
+        mirrors it before the Gram is read (:meth:`tensors`, :meth:`merge`, :meth:`scatter`)."""
         b, c, h, w = maps.shape
         if (h, w) != self.grid or c != self.channel_scale.numel():
             raise ValueError(
@@ -74,18 +101,40 @@ class ScatterStats:
                 f"{self.channel_scale.numel()}×{self.grid[0]}×{self.grid[1]}"
             )
         dev = self.gram.device
-        x = maps.detach().to(dev, torch.float64).reshape(b, c, h * w)
-        x = x.div_(self.channel_scale.to(dev)[None, :, None]).transpose(1, 2)  # [b, N, C], channel-scaled
+        dtype = torch.float32 if self.precision == "mixed" else torch.float64
         labels = labels.to(dev)
+        root = self.weights.to(dev)[labels].sqrt()  # [b] √w_k: the Gram's weights go into both factors
+        inv = (1.0 / self.channel_scale).to(dev)[None, :, None] * root[:, None, None]  # [b, C, 1]
+        centre = self.channel_mean[:, None] if self.centre is None else self.centre
+        # z = √w_k (x − centre)/σ_c, rounded to ``dtype``: [b, C, N], the locations contiguous
+        z = torch.sub(maps.detach().to(dev).reshape(b, c, h * w), centre.to(dev, dtype)[None], alpha=1)
+        z = z.to(dtype).mul_(inv.to(dtype))
         self.counts.index_add_(0, labels.cpu(), torch.ones_like(labels.cpu()))
-        onehot = torch.nn.functional.one_hot(labels, self.counts.numel()).to(torch.float64)  # [b, Q]
-        self.class_sums.view(self.counts.numel(), -1).addmm_(onehot.t(), x.reshape(b, -1))  # per-class sums as one GEMM
-        wx = x * self.weights.to(dev)[labels].sqrt()[:, None, None]
-        z = wx.transpose(0, 1).reshape(h * w, b * c)  # [N, b·C]
-        self.gram.addmm_(z, z.t())  # Σ_k w_k X_k X_kᵀ as one GEMM for the whole batch
+        q = self.counts.numel()
+        unweight = torch.nn.functional.one_hot(labels, q).to(torch.float64) / root[:, None]  # [b, Q]
+        # per-class sums of the batch as one GEMM in ``dtype`` (each sums the few images of one class in the
+        # batch: the zeros of the one-hot add exactly), then added into the float64 sums
+        sums = (unweight.to(dtype).t() @ z.reshape(b, c * h * w)).to(torch.float64)
+        self.class_sums.add_(sums.view(q, c, h * w).transpose(1, 2))
+        flat = z.reshape(b * c, h * w)  # Gram = flatᵀ flat: BLAS reads the transposed operand in place
+        n = h * w
+        for i in range(0, n, STRIP):  # the upper triangle strip by strip: about half the flops of the full product
+            self.gram[i : i + STRIP, i:] += flat[:, i : i + STRIP].t() @ flat[:, i:]
+        return bool(torch.isfinite(sums).all())
+
+    def complete(self) -> ScatterStats:
+        """Mirror the upper triangle that :meth:`update` accumulates into the lower one (in place)."""
+        n = self.num_locations
+        for i in range(STRIP, n, STRIP):
+            self.gram[i : i + STRIP, :i].copy_(self.gram[:i, i : i + STRIP].t())
+        return self
 
     def merge(self, other: ScatterStats) -> ScatterStats:
-        for name in ("weights", "channel_scale"):
+        self.complete()
+        other.complete()
+        if (self.centre is None) != (other.centre is None):
+            raise ValueError("statistics disagree on their centre: they come from different runs or versions")
+        for name in ("weights", "channel_mean", "channel_scale") + (("centre",) if self.centre is not None else ()):
             if not torch.allclose(getattr(self, name), getattr(other, name), rtol=1e-12, atol=0):
                 raise ValueError(
                     f"statistics disagree on {name.replace('_', ' ')}: they come from different runs or datasets"
@@ -100,13 +149,17 @@ class ScatterStats:
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "grid"}
+        self.complete()
+        skip = ("grid", "precision") + (("centre",) if self.centre is None else ())
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor], grid: tuple[int, int]) -> ScatterStats:
+    def from_tensors(cls, t: dict[str, torch.Tensor], grid: tuple[int, int], precision: str = "mixed") -> ScatterStats:
         return cls(
             **{k: t[k] for k in ("weights", "counts", "class_sums", "gram", "channel_mean", "channel_scale")},
             grid=tuple(grid),
+            precision=precision,
+            centre=t.get("centre"),
         )
 
     def present_classes(self) -> torch.Tensor:
@@ -114,6 +167,7 @@ class ScatterStats:
 
     def scatter(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(D, B) with A = D Dᵀ. Requires every present class to be complete (counts == planned)."""
+        self.complete()
         q = self.present_classes()
         planned = torch.where(
             self.weights > 0, (1.0 / self.weights.clamp(min=1e-300)).round().long(), torch.zeros_like(self.counts)

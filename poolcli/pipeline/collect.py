@@ -26,7 +26,7 @@ from ..errors import BadInputError, RunError
 from ..io.atomic import check_output
 from ..io.schema import Schema
 from ..io.tensorfile import check_finite, read_tensors, write_tensors
-from ..learn.stats import ScatterStats
+from ..learn.stats import PRECISIONS, ScatterStats
 from ..models.bundle import ModelBundle
 from ..models.sites import Site, discover_sites, is_strided_conv
 from ..progress import task
@@ -110,32 +110,38 @@ def channel_moments(
     batch_size: int,
     images: int,
     cache_bytes: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-channel mean and std of the site's maps over the first ``images`` images (same on every shard).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-channel mean and std of the site's maps over the first ``images`` images (same on every shard),
+    and their mean map [C, H, W] (the centre the statistics are accumulated about).
 
     Also returns those maps (in dataset order) when they fit in ``cache_bytes``, so the main pass does
     not run the network on them twice."""
     sub = Subset(ds, range(min(images, len(ds))))
-    s1 = s2 = None
+    s1 = s2 = total = None
     count = 0
     cache: list[torch.Tensor] | None = [] if cache_bytes > 0 else None
     used = 0
     with task("collect: channel scale pass", len(sub)) as advance:
         for x, _ in make_loader(sub, batch_size):
             m = _maps(module, x.to(device), box)
-            _check_finite_maps(m, count // max(1, m.shape[2] * m.shape[3]))
+            first = count // max(1, m.shape[2] * m.shape[3])
             if cache is not None:
                 used += m.numel() * m.element_size()
                 cache = cache + [m.detach().clone()] if used <= cache_bytes else None
             m = m.double()
-            s1 = m.sum((0, 2, 3)) if s1 is None else s1 + m.sum((0, 2, 3))
+            part = m.sum(0)
+            if not bool(torch.isfinite(part).all()):  # float64 sums of float maps overflow only if one is inf
+                _check_finite_maps(m, first)
+            total = part if total is None else total + part
+            s1 = part.sum((1, 2)) if s1 is None else s1 + part.sum((1, 2))
             s2 = (m * m).sum((0, 2, 3)) if s2 is None else s2 + (m * m).sum((0, 2, 3))
             count += m.shape[0] * m.shape[2] * m.shape[3]
             advance(x.shape[0])
     mean = s1 / count
     std = (s2 / count - mean * mean).clamp(min=0).sqrt()
     scale = torch.where(std > 1e-12, std, torch.ones_like(std))
-    return mean.cpu(), scale.cpu(), (torch.cat(cache) if cache else None)
+    centre = total / len(sub)
+    return mean.cpu(), scale.cpu(), centre.cpu(), (torch.cat(cache) if cache else None)
 
 
 def _check_finite_maps(maps: torch.Tensor, first: int) -> None:
@@ -199,7 +205,7 @@ def _read_partial(path: Path, job: dict[str, Any], key: str, grid: tuple[int, in
             f"rerun the exact same command to resume it, or {fix}"
         )
     try:
-        stats = ScatterStats.from_tensors(saved, grid)
+        stats = ScatterStats.from_tensors(saved, grid, job["precision"])
         done = smeta.get("batches")
         images = smeta.get("images")
         ok = (
@@ -227,6 +233,7 @@ def job_description(
     scale_images: int,
     device: torch.device,
     description: dict | None,
+    precision: str = "mixed",
 ) -> dict:
     """Everything that decides the bits of the statistics: model weights and architecture, the images and
     their order, site, batching, the moments pass, device and library versions. A partial is adopted only
@@ -242,6 +249,7 @@ def job_description(
         "world_size": world,
         "batch_size": batch_size,
         "scale_images": scale_images,
+        "precision": precision,
         "device": device.type,
         "torch": torch.__version__,
         "poolcli": __version__,
@@ -270,18 +278,22 @@ def collect_stats(
     description: dict | None = None,
     cache_bytes: int | None = None,
     output: Path | None = None,
+    precision: str = "mixed",
 ) -> tuple[ScatterStats, dict[str, Any]]:
     """Stream the site's maps of ``ds`` (this shard's images) into :class:`ScatterStats`.
 
     ``checkpoint``: a partial file written every ``checkpoint_every`` batches (atomically; also on Ctrl-C);
     a rerun of the same job continues after the last batch it holds and gives bit-identical statistics.
-    ``output``: checked for space before the pass starts."""
+    ``output``: checked for space before the pass starts. ``precision``: ``mixed`` (each batch's Gram in
+    float32, summed in float64) or ``float64`` (see :mod:`poolcli.learn.stats`)."""
     cache_bytes = cache_budget() if cache_bytes is None else cache_bytes
     if at not in AT_CHOICES:
         raise BadInputError(f"--at must be one of {', '.join(AT_CHOICES)}")
     for option, value, low in (("--batch-size", batch_size, 1), ("--checkpoint-every", checkpoint_every, 0)):
         if value < low:
             raise BadInputError(f"{option} must be ≥ {low}, got {value}")
+    if precision not in PRECISIONS:
+        raise BadInputError(f"--precision must be one of {', '.join(PRECISIONS)}, not {quote(precision)}")
     if scale_images < 1:
         raise BadInputError(f"the moments' image count must be ≥ 1, got {scale_images}")
     check_workers(workers)
@@ -294,7 +306,9 @@ def collect_stats(
     if checkpoint is not None and world > 1:
         checkpoint = checkpoint.with_name(f"{checkpoint.name}.rank{rank}")
     planned = torch.bincount(ds.labels, minlength=len(ds.classes))
-    job = job_description(bundle, ds, chosen.path, at, shard, world, batch_size, scale_images, device, description)
+    job = job_description(
+        bundle, ds, chosen.path, at, shard, world, batch_size, scale_images, device, description, precision
+    )
     key = _key(job)
     mine = torch.arange(len(ds))[index::count][rank::world]
     batches = list(mine.split(batch_size))
@@ -302,7 +316,7 @@ def collect_stats(
         probe = _maps(module, ds[0][0][None].to(device), box)
         grid, channels = tuple(probe.shape[-2:]), int(probe.shape[1])
         n = grid[0] * grid[1]
-        nbytes = 8 * (n * n + len(ds.classes) * n * channels + 2 * len(ds.classes) + 2 * channels) + 65536
+        nbytes = 8 * (n * n + (len(ds.classes) + 1) * n * channels + 2 * len(ds.classes) + 2 * channels) + 65536
         if output is not None:
             check_output(output, nbytes=nbytes)
         if checkpoint is not None:
@@ -334,10 +348,10 @@ def collect_stats(
         else:
             # the first pass's maps stand in for the main pass only where both split the images alike
             whole = count == 1 and world == 1
-            mean, scale, cached = channel_moments(
+            mean, scale, centre, cached = channel_moments(
                 module, ds, box, device, batch_size, scale_images, cache_bytes if whole else 0
             )
-            stats = ScatterStats.empty(planned, grid, mean, scale)
+            stats = ScatterStats.empty(planned, grid, mean, scale, precision, centre)
         meta = {
             "format": STATS_FORMAT,
             "version": 2,
@@ -351,6 +365,7 @@ def collect_stats(
             "shard_count": count,
             "world_size": world,
             "scale_images": scale_images,
+            "precision": precision,
             "job_key": _key({k: v for k, v in job.items() if k != "shard"}),
             **(description or {}),
         }
@@ -370,8 +385,8 @@ def collect_stats(
             with task(f"collect {chosen.path}", shard_images, scale=world) as advance:
                 advance(sum(int(b.numel()) for b in batches[:start]))  # resumed: what the partial holds
                 for maps, y in _batches(module, ds, batches[start:], cached, box, device, batch_size, workers):
-                    _check_finite_maps(maps, int(batches[done][0]))
-                    stats.update(maps, y)
+                    if not stats.update(maps, y):  # the batch's sums are not finite: name the image
+                        _check_finite_maps(maps, int(batches[done][0]))
                     done += 1
                     advance(int(y.numel()))
                     if checkpoint is not None and checkpoint_every and done % checkpoint_every == 0:
@@ -383,6 +398,7 @@ def collect_stats(
     if world > 1:
         import torch.distributed as dist
 
+        stats.complete()
         for t in (stats.counts, stats.class_sums, stats.gram):
             dist.all_reduce(t)
         dist.barrier()
@@ -416,12 +432,17 @@ def load_stats(path: Path | str) -> tuple[ScatterStats, dict[str, Any]]:
         "channel_mean": (channels,),
         "channel_scale": (channels,),
     }
+    extra = set(tensors) - set(shapes) - {"centre"}
+    if extra:
+        raise BadInputError(f"{path}: unexpected tensor {sorted(extra)[0]!r}; {s.fix}")
+    if "centre" in tensors:  # files of poolcli ≤ 0.x have none (maps centred by nothing: same A and B)
+        shapes["centre"] = (channels, n)
     for name, shape in shapes.items():
         t = tensors.get(name)
         if t is None or tuple(t.shape) != shape:
             got = "missing" if t is None else f"shape {list(t.shape)}"
             raise BadInputError(f"{path}: tensor {name} is {got}, expected {list(shape)}; {s.fix}")
-    stats = ScatterStats.from_tensors(tensors, tuple(grid))
+    stats = ScatterStats.from_tensors(tensors, tuple(grid), meta.get("precision", "float64"))
     planned = torch.where(
         stats.weights > 0, (1.0 / stats.weights.clamp(min=1e-300)).round(), torch.zeros_like(stats.weights)
     )
@@ -438,7 +459,7 @@ SITE_PATH = re.compile(r"^[A-Za-z0-9_.\-<>:]{1,1000}$")  # module paths, and own
 _STATS_FIELDS = {
     "format", "version", "site", "at", "grid", "channels", "classes", "shard", "shards", "shard_count",
     "world_size", "scale_images", "job_key", "images", "merged_from", "model", "data", "dataset",
-    "max_per_class", "selection", "seed", "skipped_images", "weights", "preprocess",
+    "max_per_class", "selection", "seed", "skipped_images", "weights", "preprocess", "precision",
 }  # fmt: skip
 
 
@@ -449,6 +470,8 @@ def _check_stats_meta(s: Schema, meta: dict[str, Any]) -> None:
     s.text(meta.get("site"), "site", most=1000, pattern=SITE_PATH)
     if "at" in meta:
         s.text(meta["at"], "at", choices=AT_CHOICES)
+    if "precision" in meta:
+        s.text(meta["precision"], "precision", choices=PRECISIONS)
     count = s.integer(meta.get("shard_count", 1), "shard_count", 1, 1 << 20)
     for i, shard in enumerate(s.seq(meta.get("shards", [0]), "shards", most=count)):
         s.integer(shard, f"shards[{i}]", 0, count - 1)

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import BadInputError
 from ..io.atomic import check_distinct, check_output
 from ..io.tensorfile import check_finite
-from ..learn.pooling import fit_pooling
+from ..learn.pooling import fit_pooling, needs_ridge
 from ..text import quote
 from .poolfile import plot_maps, save_pooling
 
@@ -114,12 +114,25 @@ def run_fit(
         D, B = stats.scatter()
     except ValueError as e:
         raise BadInputError(str(e)) from None
+    rank_bound = int((stats.counts[present] - 1).sum()) * stats.channel_scale.numel()  # rank B ≤ Σ (K_q − 1)·C
+    scale = float(B.diagonal().mean())
+    ridge = needs_ridge(B, rank_bound) / scale if scale > 0 else None  # once for every α (0: fit_pooling refuses)
     solved = []
     for alpha in alphas:  # every fit first: a failing α leaves no file of the others behind
         t0 = time.perf_counter()
         try:
             fit = fit_pooling(
-                D, B, grid, stride=stride, alpha=alpha, k=k, norm=norm, solver=solver, max_memory=max_memory
+                D,
+                B,
+                grid,
+                stride=stride,
+                alpha=alpha,
+                k=k,
+                norm=norm,
+                solver=solver,
+                max_memory=max_memory,
+                ridge=ridge,
+                held=held_bytes(grid[0] * grid[1], int(present.numel()) * stats.channel_scale.numel()),
             )
         except ValueError as e:
             raise BadInputError(str(e)) from None
@@ -187,4 +200,9 @@ def plan_for(
     n = grid[0] * grid[1]
     out = output_grid(tuple(grid), stride)
     method = ("exact" if n <= 256 else "lobpcg") if solver == "auto" else solver
-    return plan_fit(n, out[0] * out[1], k, classes * channels, method, max_memory)
+    return plan_fit(n, out[0] * out[1], k, classes * channels, method, max_memory, held_bytes(n, classes * channels))
+
+
+def held_bytes(n: int, rank: int) -> int:
+    """What ``fit-pooling`` keeps alive beside the solve: the statistics' float64 Gram and class sums."""
+    return 8 * (n * n + n * rank)
