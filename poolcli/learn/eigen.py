@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -162,12 +163,14 @@ def solve_lobpcg(
     X0: torch.Tensor | None = None,
     seed: int = 0,
     first: int = 0,
+    precond: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> EigResult:
     """Block LOBPCG for the top-k (+1 guard) generalized eigenpairs of all M problems at once.
 
     Every problem's start, preconditioner and stopping depend on that problem only (``first``: the index of
     ``penalty``'s first row among all output cells, which seeds its start), so solving the cells in chunks
-    gives the results of one block."""
+    gives the results of one block. ``precond(R, cells)``: a preconditioner for the residuals R of the
+    cells still iterating (default: Jacobi, 1/diag(G_m))."""
     n = B.shape[0]
     m = penalty.shape[0]
     nb = min(k + 1, n)
@@ -176,7 +179,7 @@ def solve_lobpcg(
         A_factor = A_factor @ A_factor.t()
     dtype = B.dtype
     diagG = torch.diagonal(B)[None, :] + alpha * penalty  # [M, N]
-    precond = 1.0 / diagG.clamp(min=1e-12 * diagG.abs().amax(dim=1, keepdim=True))
+    jacobi = 1.0 / diagG.clamp(min=1e-12 * diagG.abs().amax(dim=1, keepdim=True))
     if X0 is None:  # localised starts: a bump around each output cell plus random perturbations
         scale = penalty.amin(dim=1, keepdim=True) + penalty.mean(dim=1, keepdim=True) / 8 + 1e-12
         bump = torch.exp(-penalty / scale)
@@ -192,24 +195,38 @@ def solve_lobpcg(
     GX = _apply_G(B, penalty, alpha, X)
     X, GX = _svqb(X, GX, 1e-14)
     AX = _apply_A(A_factor, X, dense)
+    # converged cells leave the batch (their X and A·X are kept in the outputs): the GEMMs of later
+    # iterations run over the cells still iterating only
+    X_out, AX_out = torch.empty_like(X), torch.empty_like(AX)
+    active = torch.arange(m)
+    pen_a, jac_a = penalty, jacobi
     P = None
     it = 0
-    rel = math.inf
+    rel = 0.0
     with task("fit: LOBPCG iterations (this chunk)", max_iter, unit="iterations") as advance:
         for it in range(1, max_iter + 1):  # noqa: B007 (it is reported after the loop)
             X, GX, AX = _renormalise(X, GX, AX)
             lam = (X * AX).sum(1)
             R = AX - GX * lam[:, None, :]
-            norms = R.norm(dim=1) / (AX.norm(dim=1) + lam.abs() * GX.norm(dim=1) + 1e-300)  # [M, nb]
-            rel = float(norms[:, :k].max())
-            if rel < tol:
+            norms = R.norm(dim=1) / (AX.norm(dim=1) + lam.abs() * GX.norm(dim=1) + 1e-300)  # [active, nb]
+            worst = norms[:, :k].amax(dim=1)
+            done = worst < tol
+            rel = max(rel, float(worst[done].max())) if bool(done.any()) else rel
+            if bool(done.any()):  # lock: out of the batch for good
+                X_out[active[done]], AX_out[active[done]] = X[done], AX[done]
+                keep = ~done
+                active, X, GX, AX, R, pen_a, jac_a = (t[keep] for t in (active, X, GX, AX, R, pen_a, jac_a))
+                P = None if P is None else P[keep]
+            if active.numel() == 0:
                 break
-            done = (norms[:, :k].amax(dim=1) < tol)[:, None, None]  # locked problems keep their vectors
-            W = precond[:, :, None] * R
+            if it == max_iter:  # unconverged cells keep their last iterate; the residual says how far they are
+                rel = max(rel, float(worst[~done].max()))
+                break
+            W = jac_a[:, :, None] * R if precond is None else precond(R, active)
             new = W if P is None else torch.cat([W, P], dim=2)
             S = torch.cat([X, new], dim=2)
             # G·[W, P] fresh in one GEMM: P comes from a cancellation, so a carried G·P drifts from G times P
-            GS = torch.cat([GX, _apply_G(B, penalty, alpha, new)], dim=2)
+            GS = torch.cat([GX, _apply_G(B, pen_a, alpha, new)], dim=2)
             S, GS = _svqb(*_svqb(S, GS, 1e-8), 1e-8)  # twice: one pass loses orthogonality near convergence
             AS = _apply_A(A_factor, S, dense)
             red = S.transpose(1, 2) @ AS
@@ -219,8 +236,11 @@ def solve_lobpcg(
             Xn, GXn, AXn = S @ Y, GS @ Y, AS @ Y
             coef = X.transpose(1, 2) @ GXn  # implicit P: the new block minus its component along the old X
             P = Xn - X @ coef
-            X, GX, AX = torch.where(done, X, Xn), torch.where(done, GX, GXn), torch.where(done, AX, AXn)
+            X, GX, AX = Xn, GXn, AXn
             advance(1)
+    if active.numel():
+        X_out[active], AX_out[active] = X, AX
+    X, AX = X_out, AX_out
     xax = X.transpose(1, 2) @ AX
     theta, Y = torch.linalg.eigh(0.5 * (xax + xax.transpose(1, 2)))
     Y = Y.flip(-1)
