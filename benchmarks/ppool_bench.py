@@ -2,6 +2,7 @@
 """P-pooling fwd+bwd vs max_pool2d, avg_pool2d and a straightforward unfold implementation, same run.
 
     python benchmarks/ppool_bench.py [--batch 64 --channels 64 --size 56]
+    python benchmarks/ppool_bench.py --cuda          # on a GPU: p_pool2d = the Triton kernels
 
 Time: best of --repeat fwd+bwd runs. Memory, two views:
 - held for backward: bytes the autograd graph keeps between forward and backward beyond the input, α
@@ -89,6 +90,35 @@ def peak(a, name: str, k: int, s: int, p: int) -> int:
     return int(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout.split()[-1])
 
 
+def cuda_main(a) -> None:
+    """Times on CUDA (synchronised): max/avg pool, P-pooling through the Triton kernels, the torch tap loop
+    and unfold."""
+    dev = torch.device("cuda")
+    print(f"# P-pooling fwd+bwd on {torch.cuda.get_device_name()}, {a.batch}x{a.channels}x{a.size}x{a.size} fp32")
+    print(
+        "| k/s/p | max_pool2d | avg_pool2d | p_pool2d (Triton) | torch path | unfold | P-pool / max | torch / Triton |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for k, s, p in GEOMS:
+        x, alpha = (t.detach().to(dev).requires_grad_() for t in inputs(a, k, s, p))
+        fns = layers(x, alpha, k, s, p)
+        fns["p_pool2d"] = lambda x=x, alpha=alpha, k=k, s=s, p=p: p_pool2d(x, alpha, k, s, p, impl="triton")
+
+        def run(fn, x=x, alpha=alpha):
+            def go():
+                x.grad = alpha.grad = None
+                fn().sum().backward()
+                torch.cuda.synchronize()
+
+            return go
+
+        t = {name: best_time(run(f), max(a.repeat, 10), warmup=3) for name, f in fns.items()}
+        print(
+            f"| {k}/{s}/{p} | " + " | ".join(f"{t[n] * 1e3:.2f} ms" for n in NAMES) + f" | "
+            f"{t['p_pool2d'] / t['max_pool2d']:.2f}x | {t['torch_path'] / t['p_pool2d']:.1f}x |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
@@ -96,7 +126,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=56)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--peak-one", nargs=2, metavar=("LAYER", "K,S,P"), help=argparse.SUPPRESS)
+    ap.add_argument("--cuda", action="store_true", help="time on the GPU (the Triton kernels)")
     a = ap.parse_args()
+    if a.cuda:
+        cuda_main(a)
+        return
     if a.peak_one:
         peak_one(a, a.peak_one[0], *map(int, a.peak_one[1].split(",")))
         return

@@ -215,11 +215,14 @@ def collect(
     bad_images: str = "error",
     output: Path | str | None = None,
     precision: str = "mixed",
+    max_memory: int | str | None = None,
     **options: Any,
 ):
     """Scatter statistics of ``site``'s maps over ``data``: returns ``(ScatterStats, metadata)``; with
     ``output`` they are also written there (checked before the pass). ``precision``: ``mixed`` (each
-    batch's Gram product in float32, summed in float64; relative error ~1e-7) or ``float64``."""
+    batch's Gram product in float32, summed in float64; relative error ~1e-7) or ``float64``.
+    ``max_memory`` (bytes or ``8G``; default 3/4 of the available memory): statistics that cannot fit are
+    refused before the pass."""
     from .io.atomic import check_output, output_lock
     from .pipeline.collect import collect_stats, save_stats
     from .runtime import resolve_device, seed_everything
@@ -270,6 +273,7 @@ def collect(
             description=desc,
             output=out,
             precision=precision,
+            max_memory=memory_budget(max_memory),
         )
         if out is not None:
             save_stats(out, stats, meta)
@@ -293,12 +297,16 @@ def fit(
     plot: Path | str | None = None,
     max_memory: int | str | None = None,
     on_plan: Callable[[Any], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Closed-form learned pooling from statistics (``(stats, meta)`` of :func:`collect`, or a statistics
     file path): for every α the top-``k`` generalized eigenvectors per output location. Writes ``output``
-    (one file per α when several) and ``plot``; returns the report (separability vs average pooling, ...)."""
+    (one file per α when several) and ``plot``; returns the report (separability vs average pooling, ...).
+    ``device``: where the LOBPCG solve runs (``cpu``, ``cuda``, ``auto``; its memory budget is then that
+    device's)."""
     from .pipeline.collect import load_stats
     from .pipeline.fitting import check_alphas, check_fit_outputs, run_fit
+    from .runtime import resolve_device
 
     if isinstance(stats, (str, Path)):
         stats, meta = load_stats(stats)
@@ -319,6 +327,7 @@ def fit(
         plot=png,
         max_memory=memory_budget(max_memory),
         on_plan=on_plan,
+        device=resolve_device(device),
     )
     return {**doc, "environment": environment()}
 
@@ -331,14 +340,24 @@ def memory_budget(max_memory: int | str | None) -> int | None:
 
 
 def fit_plan(
-    meta: dict[str, Any], *, k: int = 2, stride: int = 2, solver: str = "auto", max_memory: int | str | None = None
+    meta: dict[str, Any],
+    *,
+    k: int = 2,
+    stride: int = 2,
+    solver: str = "auto",
+    max_memory: int | str | None = None,
+    device: str = "cpu",
 ):
     """What a fit of the statistics described by ``meta`` (grid, channels, classes) will hold in memory and
     how it will be solved; refused (one line, with what helps) when it cannot fit the budget."""
     from .pipeline.fitting import plan_for
+    from .runtime import resolve_device
 
     grid = tuple(meta["grid"])
-    return plan_for(grid, int(meta["channels"]), len(meta["classes"]), k, stride, solver, memory_budget(max_memory))
+    budget = memory_budget(max_memory)
+    return plan_for(
+        grid, int(meta["channels"]), len(meta["classes"]), k, stride, solver, budget, resolve_device(device)
+    )
 
 
 def convert(

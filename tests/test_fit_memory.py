@@ -66,3 +66,15 @@ def test_parse_size():
 def test_cli_refuses_before_collecting(cli, tmp_path):
     code, _, err = cli("fit-pooling", CNN, "--site", "@down1", "--max-memory", "4M", "-o", tmp_path / "p.safetensors")
     assert code == 2 and "memory budget is 4 MiB" in err and not list(tmp_path.iterdir())
+
+
+def test_collect_refuses_statistics_that_cannot_fit(cli, tmp_path):
+    """An early site at a large input size (the fixture at 224 px: N = 50176, an 18.8 GiB Gram) is refused
+    before the pass, naming the size and what helps; within the budget the same command runs."""
+    out = tmp_path / "s.safetensors"
+    args = ("collect", CNN, "--site", "@down1", "--data", "digits:train", "--limit", "60", "-o", out)
+    code, _, err = cli(*args, "--input-size", "1x224x224", "--max-memory", "8G")
+    assert code == 2 and "N=50176" in err and "--input-size" in err and not list(tmp_path.iterdir())
+    code, _, err = cli(*args, "--max-memory", "2M")
+    assert code == 2 and "memory budget is 2 MiB" in err
+    assert cli(*args, "--max-memory", "1G")[0] == 0 and out.exists()

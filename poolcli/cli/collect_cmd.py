@@ -20,6 +20,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     LimitOpt,
+    MaxMemoryOpt,
     ModelArg,
     PrecisionOpt,
     SeedOpt,
@@ -88,6 +89,7 @@ def collect_cmd(
     ] = 0,
     bad_images: BadImagesOpt = "error",
     precision: PrecisionOpt = "mixed",
+    max_memory: MaxMemoryOpt = None,
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
@@ -119,6 +121,7 @@ def collect_cmd(
         bad_images=bad_images,
         output=output if writer else None,
         precision=precision,
+        max_memory=max_memory,
         **(model_opts or {}),
     )
     if writer:

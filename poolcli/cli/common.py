@@ -186,6 +186,15 @@ BadImagesOpt = Annotated[
         "up front and leave unreadable ones out (they are listed).",
     ),
 ]
+MaxMemoryOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--max-memory",
+        metavar="SIZE",
+        help="Memory budget, e.g. 8G (default: 3/4 of the available memory; of the GPU's free memory for a "
+        "solve on CUDA): the statistics and the solve are planned up front and refused when they cannot fit.",
+    ),
+]
 PrecisionOpt = Annotated[
     Literal["mixed", "float64"],
     typer.Option(

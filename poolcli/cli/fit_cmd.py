@@ -23,6 +23,7 @@ from .common import (
     DeviceOpt,
     JsonOpt,
     LimitOpt,
+    MaxMemoryOpt,
     PrecisionOpt,
     SeedOpt,
     WorkersOpt,
@@ -33,7 +34,7 @@ from .common import (
 )
 
 
-def _plan_before_collect(bundle, site, at, k, stride, solver, max_memory) -> None:
+def _plan_before_collect(bundle, site, at, k, stride, solver, max_memory, device) -> None:
     """Refuse a fit that cannot fit in memory before the (long) statistics pass: the site's grid and
     channels from one forward pass."""
     from .. import api
@@ -43,7 +44,7 @@ def _plan_before_collect(bundle, site, at, k, stride, solver, max_memory) -> Non
     shape = chosen.out_shape if at == "output" else chosen.in_shape
     if shape and len(shape) == 3:
         meta = {"grid": list(shape[1:]), "channels": shape[0], "classes": ["?"]}  # D (rank Q·C) checked after
-        api.fit_plan(meta, k=k, stride=stride, solver=solver, max_memory=max_memory)
+        api.fit_plan(meta, k=k, stride=stride, solver=solver, max_memory=max_memory, device=device)
 
 
 @app.command("fit-pooling")
@@ -83,15 +84,7 @@ def fit_cmd(
     seed: SeedOpt = 0,
     bad_images: BadImagesOpt = "error",
     precision: PrecisionOpt = "mixed",
-    max_memory: Annotated[
-        Optional[str],
-        typer.Option(
-            "--max-memory",
-            metavar="SIZE",
-            help="Memory budget of the solve, e.g. 8G (default: 3/4 of the available memory); the fit is "
-            "refused up front when it cannot fit.",
-        ),
-    ] = None,
+    max_memory: MaxMemoryOpt = None,
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
@@ -117,7 +110,7 @@ def fit_cmd(
         if site is None:
             raise BadInputError("fitting from a model needs --site (e.g. --site @down3)")
         bundle = api.load_model(model, **(model_opts or {}))  # loaded once: for the plan and the pass
-        _plan_before_collect(bundle, site, at, eigvecs, stride, solver, max_memory)
+        _plan_before_collect(bundle, site, at, eigvecs, stride, solver, max_memory, device)
         stats, meta = api.collect(
             bundle,
             site,
@@ -132,6 +125,7 @@ def fit_cmd(
             seed=seed,
             bad_images=bad_images,
             precision=precision,
+            max_memory=max_memory,
         )
     doc = api.fit(
         stats,
@@ -145,6 +139,7 @@ def fit_cmd(
         plot=plot,
         max_memory=max_memory,
         on_plan=lambda plan: info(plan.describe()),
+        device=device,
     )
     if not STATE["quiet"]:
         table = Table(

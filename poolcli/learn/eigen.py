@@ -103,7 +103,7 @@ def solve_lobpcg_chunked(
     with task(f"fit: LOBPCG in chunks of {chunk} locations", m, unit="locations") as advance:
         for start in range(0, m, chunk):
             rows = range(start, min(m, start + chunk))
-            penalty = locality_penalty_rows(in_hw, out_hw, rows, B.dtype)
+            penalty = locality_penalty_rows(in_hw, out_hw, rows, B.dtype).to(B.device)
             parts.append(
                 solve_lobpcg(A_factor, B, penalty, alpha, k, tol=tol, max_iter=max_iter, seed=seed, first=start)
             )
@@ -188,7 +188,7 @@ def solve_lobpcg(
                 torch.randn(n, nb, generator=torch.Generator().manual_seed(seed * 1_000_003 + first + i), dtype=dtype)
                 for i in range(m)
             ]
-        )
+        ).to(B.device)  # drawn on the CPU: the same starts on every device
         X0 = bump[:, :, None] * (1 + 0.5 * noise)
         X0[:, :, 0] = bump
     X = X0.to(dtype)
@@ -198,7 +198,7 @@ def solve_lobpcg(
     # converged cells leave the batch (their X and A·X are kept in the outputs): the GEMMs of later
     # iterations run over the cells still iterating only
     X_out, AX_out = torch.empty_like(X), torch.empty_like(AX)
-    active = torch.arange(m)
+    active = torch.arange(m, device=B.device)
     pen_a, jac_a = penalty, jacobi
     P = None
     it = 0
@@ -245,5 +245,5 @@ def solve_lobpcg(
     theta, Y = torch.linalg.eigh(0.5 * (xax + xax.transpose(1, 2)))
     Y = Y.flip(-1)
     X, vals = X @ Y, theta.flip(-1)
-    guard = vals[:, k] if nb > k else torch.full((m,), math.nan, dtype=dtype)
+    guard = vals[:, k] if nb > k else torch.full((m,), math.nan, dtype=dtype, device=B.device)
     return EigResult(X[:, :, :k], vals[:, :k], guard, it, rel)

@@ -38,8 +38,12 @@ def available_memory() -> int:
         return 8 << 30
 
 
-def default_budget() -> int:
-    """Three quarters of the available memory."""
+def default_budget(device=None) -> int:
+    """Three quarters of the available memory: the host's, or the free memory of a CUDA ``device``."""
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(0.75 * torch.cuda.mem_get_info(device)[0])
     return int(0.75 * available_memory())
 
 
@@ -78,10 +82,12 @@ def gib(b: int) -> str:
     return f"{b / 2**30:.2f} GiB" if b >= 2**28 else f"{b / 2**20:.0f} MiB"
 
 
-def plan_fit(n: int, m: int, k: int, rank: int, solver: str, budget: int | None = None, held: int = 0) -> FitPlan:
+def plan_fit(
+    n: int, m: int, k: int, rank: int, solver: str, budget: int | None = None, held: int = 0, device=None
+) -> FitPlan:
     """The solver's chunk for a budget; refuses (one line, with the options that help) when even one cell
     does not fit."""
-    budget = default_budget() if budget is None else int(budget)
+    budget = default_budget(device) if budget is None else int(budget)
     nb = min(k + 1, n)
     fixed = F64 * (n * n + n * rank + m * n * k + 2 * m * n) + 4 * k * m * n + held
     if solver == "exact":
@@ -102,3 +108,24 @@ def plan_fit(n: int, m: int, k: int, rank: int, solver: str, budget: int | None 
             "has more"
         )
     return plan
+
+
+def collect_bytes(n: int, channels: int, classes: int, batch: int, cache: int = 0) -> int:
+    """What collecting statistics at a site holds: the float64 Gram (N×N), class sums and centre
+    ((Q+1)·N·C), a batch's maps in float32 and float64 (the moments pass), the centred float32 batch, one
+    strip of the Gram update, and the moments pass's cache of maps (``cache`` bytes at most)."""
+    per_batch = batch * channels * n * (4 + 8 + 4)
+    return F64 * (n * n + (classes + 1) * n * channels) + per_batch + 128 * n * (4 + 8) + cache
+
+
+def check_collect(n: int, channels: int, classes: int, batch: int, cache: int, budget: int | None) -> int:
+    """Refuse (one line, with the options that help) statistics that cannot fit the memory budget."""
+    budget = default_budget() if budget is None else int(budget)
+    need = collect_bytes(n, channels, classes, batch, min(cache, budget // 4))
+    if need > budget:
+        raise BadInputError(
+            f"the statistics at this site need about {gib(need)} (N={n} locations: a {gib(F64 * n * n)} float64 "
+            f"Gram) but the memory budget is {gib(budget)}; choose a later (smaller) site, a smaller --input-size "
+            "or --batch-size, or raise --max-memory if the machine has more"
+        )
+    return need

@@ -97,6 +97,11 @@ def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.full_like(num, float("nan")))
 
 
+def solver_for(solver: str, n: int) -> str:
+    """The solver ``auto`` picks: LAPACK per location up to 256 input locations, LOBPCG above."""
+    return ("exact" if n <= 256 else "lobpcg") if solver == "auto" else solver
+
+
 SINGULAR_COND = 1e9  # B is treated as singular when λ_min ≤ λ_max / 1e9
 
 
@@ -119,7 +124,7 @@ def needs_ridge(B: torch.Tensor, rank_bound: int | None = None) -> float:
     ridge = 1e-6 * float(torch.diagonal(B).mean())
     if rank_bound is not None and rank_bound < n:
         return ridge
-    v = torch.ones(n, 1, dtype=B.dtype) / math.sqrt(n)
+    v = torch.ones(n, 1, dtype=B.dtype, device=B.device) / math.sqrt(n)
     top = 0.0
     for _ in range(30):
         w = B @ v
@@ -150,11 +155,14 @@ def fit_pooling(
     max_memory: int | None = None,
     rank_bound: int | None = None,
     held: int = 0,
+    device: torch.device | str | None = None,
 ) -> PoolingFit:
     """The learned pooling for every output cell. ``B`` is used in place and left as it was (a ridge is
     added to its diagonal during the solve, then the diagonal is restored). ``max_memory``: the byte budget
     the LOBPCG chunks are sized to (default: 3/4 of the available memory); a fit that cannot fit is refused
-    before any work (``held``: bytes the caller keeps alive beside it, counted in the plan)."""
+    before any work (``held``: bytes the caller keeps alive beside it, counted in the plan). ``device``:
+    where the LOBPCG solve and the separability products run (e.g. ``cuda``: B and D are copied there, the
+    budget is then the device's free memory); results come back on the CPU."""
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be l1 or l2, not {norm!r}")
     n = B.shape[0]
@@ -168,10 +176,16 @@ def fit_pooling(
     b_scale = float(torch.diagonal(B).mean())
     if not b_scale > 0:
         raise ValueError("the within-class scatter is zero: every image of a class has the same map at this site")
-    method = ("exact" if n <= 256 else "lobpcg") if solver == "auto" else solver
+    method = solver_for(solver, n)
     if method not in ("exact", "lobpcg"):
         raise ValueError(f"solver must be auto, exact or lobpcg, not {solver!r}")
-    plan = plan_fit(n, out_hw[0] * out_hw[1], k, D.shape[1], method, max_memory, held)
+    dev = torch.device(device) if device is not None else B.device
+    if method == "exact":
+        dev = torch.device("cpu")  # LAPACK through scipy
+    on_gpu = dev.type == "cuda"
+    plan = plan_fit(n, out_hw[0] * out_hw[1], k, D.shape[1], method, max_memory, 0 if on_gpu else held, dev)
+    if dev != B.device:
+        D, B = D.to(dev), B.to(dev)
     ridge = needs_ridge(B, rank_bound) / b_scale if ridge is None else float(ridge)  # relative to the scaled B
     diagonal = B.diagonal().clone()
     a_s = alpha * b_scale
@@ -186,15 +200,15 @@ def fit_pooling(
         B.diagonal().copy_(diagonal)  # the separability below is measured with the scatter itself
     vecs = _normalise(res.vectors, norm)
     top = vecs[:, :, 0]
-    avg = average_vectors(in_hw, out_hw)
+    avg = average_vectors(in_hw, out_hw).to(B.device)
     ratio = _safe_ratio(between(D, top), quadratic(B, top))
     avg_ratio = _safe_ratio(between(D, avg), quadratic(B, avg))
     return PoolingFit(
-        P=vecs.permute(2, 0, 1).float().contiguous(),
-        eigenvalues=res.values,
-        guard=res.guard,
-        ratio=ratio,
-        avg_ratio=avg_ratio,
+        P=vecs.permute(2, 0, 1).float().contiguous().cpu(),
+        eigenvalues=res.values.cpu(),
+        guard=res.guard.cpu(),
+        ratio=ratio.cpu(),
+        avg_ratio=avg_ratio.cpu(),
         in_hw=tuple(in_hw),
         out_hw=out_hw,
         alpha=float(alpha),

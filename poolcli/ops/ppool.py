@@ -14,9 +14,10 @@ The backward is closed form (no autograd graph over the k² taps):
 Negative inputs: ``negative="shift"`` pools x − s and adds s back, s = min(0, min of each map)
 (paper §3.2: f(R − x_min) + x_min, applied only when a map has negative values); ``"clamp"`` clips at 0.
 
-Two implementations of the same maths: on CPU float32/float64 a fused C kernel (kernels/ppool.c, one
-pass per image plane with the shift/clamp, ln x̃ and the window sums fused, see native.py), elsewhere
-(CUDA, no C compiler, ``POOLCLI_NATIVE=0``) the torch tap loop below. Tests hold them to each other.
+Three implementations of the same maths: on CPU float32/float64 a fused C kernel (kernels/ppool.c, one
+pass per image plane with the shift/clamp, ln x̃ and the window sums fused, see native.py); on CUDA fused
+Triton kernels (ppool_triton.py); elsewhere (no C compiler, no triton, ``POOLCLI_NATIVE=0``) the torch
+tap loop below. Tests hold them to each other (the Triton ones through Triton's CPU interpreter).
 """
 
 from __future__ import annotations
@@ -162,8 +163,9 @@ def p_pool2d(
 ) -> torch.Tensor:
     """Functional P-pooling. ``alpha``: a number, or a tensor broadcastable to [B, C, Ho, Wo] (clipped at 0).
 
-    ``impl``: "auto" (the fused C kernel where it applies, else torch), "native" (the kernel, an error
-    where it cannot run) or "torch" (the tap loop, any device).
+    ``impl``: "auto" (the fused C kernel on CPU, the Triton kernels on CUDA, else torch), "native" (the C
+    kernel), "triton" (the Triton kernels; an error where either cannot run) or "torch" (the tap loop, any
+    device).
     """
     k = pair(kernel_size)
     s = pair(stride if stride is not None else kernel_size)
@@ -180,19 +182,29 @@ def p_pool2d(
     a = a.reshape(a.shape if a.dim() == 4 else (1,) * (4 - a.dim()) + tuple(a.shape))
     if negative not in _MODES:
         raise ValueError(f"negative must be 'shift' or 'clamp', not {negative!r}")
-    if impl not in ("auto", "native", "torch"):
-        raise ValueError(f"impl must be 'auto', 'native' or 'torch', not {impl!r}")
-    use_native = impl != "torch" and _use_native(x)
+    if impl not in ("auto", "native", "triton", "torch"):
+        raise ValueError(f"impl must be 'auto', 'native', 'triton' or 'torch', not {impl!r}")
+    use_native = impl in ("auto", "native") and _use_native(x)
     if impl == "native" and not use_native:
         raise RuntimeError(f"native P-pooling unavailable for this input: {native.native_status()['ppool']}")
     if use_native:  # clamps α at 0 inside
         return _PPoolNative.apply(x, a, k, s, p, _MODES[negative]).to(out_dtype)
+    fn = _PPool
+    if impl in ("auto", "triton"):
+        from . import ppool_triton
+
+        if ppool_triton.available(x):
+            fn = ppool_triton.PPoolTriton
+        elif impl == "triton":
+            raise RuntimeError(
+                "Triton P-pooling needs a CUDA tensor and the triton package (or TRITON_INTERPRET=1 on CPU)"
+            )
     a = a.clamp(min=0)
     if negative == "clamp":
-        y = _PPool.apply(x.clamp(min=0), a, k, s, p)
+        y = fn.apply(x.clamp(min=0), a, k, s, p)
     elif negative == "shift":
         shift = torch.clamp(x.amin(dim=(2, 3), keepdim=True), max=0.0)
-        y = _PPool.apply(x - shift, a, k, s, p) + shift
+        y = fn.apply(x - shift, a, k, s, p) + shift
     return y.to(out_dtype)
 
 

@@ -26,6 +26,7 @@ from ..errors import BadInputError, RunError
 from ..io.atomic import check_output
 from ..io.schema import Schema
 from ..io.tensorfile import check_finite, read_tensors, write_tensors
+from ..learn.memory import check_collect
 from ..learn.stats import PRECISIONS, ScatterStats
 from ..models.bundle import ModelBundle
 from ..models.sites import Site, discover_sites, is_strided_conv
@@ -279,13 +280,15 @@ def collect_stats(
     cache_bytes: int | None = None,
     output: Path | None = None,
     precision: str = "mixed",
+    max_memory: int | None = None,
 ) -> tuple[ScatterStats, dict[str, Any]]:
     """Stream the site's maps of ``ds`` (this shard's images) into :class:`ScatterStats`.
 
     ``checkpoint``: a partial file written every ``checkpoint_every`` batches (atomically; also on Ctrl-C);
     a rerun of the same job continues after the last batch it holds and gives bit-identical statistics.
     ``output``: checked for space before the pass starts. ``precision``: ``mixed`` (each batch's Gram in
-    float32, summed in float64) or ``float64`` (see :mod:`poolcli.learn.stats`)."""
+    float32, summed in float64) or ``float64`` (see :mod:`poolcli.learn.stats`). ``max_memory``: the byte
+    budget the statistics must fit (default 3/4 of the available memory), checked before the pass."""
     cache_bytes = cache_budget() if cache_bytes is None else cache_bytes
     if at not in AT_CHOICES:
         raise BadInputError(f"--at must be one of {', '.join(AT_CHOICES)}")
@@ -316,6 +319,7 @@ def collect_stats(
         probe = _maps(module, ds[0][0][None].to(device), box)
         grid, channels = tuple(probe.shape[-2:]), int(probe.shape[1])
         n = grid[0] * grid[1]
+        check_collect(n, channels, len(ds.classes), batch_size, cache_bytes, max_memory)
         nbytes = 8 * (n * n + (len(ds.classes) + 1) * n * channels + 2 * len(ds.classes) + 2 * channels) + 65536
         if output is not None:
             check_output(output, nbytes=nbytes)

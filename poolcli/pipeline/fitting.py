@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import BadInputError
 from ..io.atomic import check_distinct, check_output
 from ..io.tensorfile import check_finite
-from ..learn.pooling import fit_pooling, needs_ridge
+from ..learn.pooling import fit_pooling, needs_ridge, solver_for
 from ..text import quote
 from .poolfile import plot_maps, save_pooling
 
@@ -86,6 +88,7 @@ def run_fit(
     plot: Path | None,
     max_memory: int | None = None,
     on_plan: Any = None,
+    device: Any = None,
 ) -> dict[str, Any]:
     check_fit_options(norm, solver, k, stride)
     present = stats.present_classes()
@@ -107,7 +110,7 @@ def run_fit(
             f"--eigvecs {k} exceeds the {grid[0] * grid[1]} input locations of the site; use at most "
             f"{grid[0] * grid[1]}"
         )
-    plan = plan_for(grid, stats.channel_scale.numel(), int(present.numel()), k, stride, solver, max_memory)
+    plan = plan_for(grid, stats.channel_scale.numel(), int(present.numel()), k, stride, solver, max_memory, device)
     if on_plan is not None:
         on_plan(plan)  # said before the long work
     try:
@@ -116,7 +119,8 @@ def run_fit(
         raise BadInputError(str(e)) from None
     rank_bound = int((stats.counts[present] - 1).sum()) * stats.channel_scale.numel()  # rank B ≤ Σ (K_q − 1)·C
     scale = float(B.diagonal().mean())
-    ridge = needs_ridge(B, rank_bound) / scale if scale > 0 else None  # once for every α (0: fit_pooling refuses)
+    on = B if device is None or solver_for(solver, B.shape[0]) == "exact" else B.to(device)
+    ridge = needs_ridge(on, rank_bound) / scale if scale > 0 else None  # once for every α (0: fit_pooling refuses)
     solved = []
     for alpha in alphas:  # every fit first: a failing α leaves no file of the others behind
         t0 = time.perf_counter()
@@ -133,6 +137,7 @@ def run_fit(
                 max_memory=max_memory,
                 ridge=ridge,
                 held=held_bytes(grid[0] * grid[1], int(present.numel()) * stats.channel_scale.numel()),
+                device=on.device,
             )
         except ValueError as e:
             raise BadInputError(str(e)) from None
@@ -191,7 +196,14 @@ def run_fit(
 
 
 def plan_for(
-    grid: tuple[int, int], channels: int, classes: int, k: int, stride: int, solver: str, max_memory: int | None
+    grid: tuple[int, int],
+    channels: int,
+    classes: int,
+    k: int,
+    stride: int,
+    solver: str,
+    max_memory: int | None,
+    device: Any = None,
 ):
     """The memory plan of a fit at a site (:func:`poolcli.learn.memory.plan_fit`), before any work."""
     from ..learn.eigen import output_grid
@@ -199,8 +211,10 @@ def plan_for(
 
     n = grid[0] * grid[1]
     out = output_grid(tuple(grid), stride)
-    method = ("exact" if n <= 256 else "lobpcg") if solver == "auto" else solver
-    return plan_fit(n, out[0] * out[1], k, classes * channels, method, max_memory, held_bytes(n, classes * channels))
+    method = solver_for(solver, n)
+    gpu = device is not None and method == "lobpcg" and torch.device(device).type == "cuda"
+    held = 0 if gpu else held_bytes(n, classes * channels)  # the statistics stay in host memory
+    return plan_fit(n, out[0] * out[1], k, classes * channels, method, max_memory, held, device if gpu else None)
 
 
 def held_bytes(n: int, rank: int) -> int:
