@@ -74,6 +74,7 @@ STATS_VARIANTS = {  # statistics manifests that a broken or hostile tool could w
     "stats-site-escape": lambda m: m.update(site="stage3.0\x1b[31m"),
     "stats-shards-out-of-range": lambda m: m.update(shards=[5], shard_count=2),
     "stats-at-unknown": lambda m: m.update(at="sideways"),
+    "stats-precision-unknown": lambda m: m.update(precision="fp8"),
 }
 
 
@@ -156,6 +157,8 @@ def h(tmp_path_factory):
     save_stats(h / "stats-down2.safetensors", other, ometa)
     t = stats.tensors()
     _raw_write(h / "stats-nan.safetensors", {**t, "gram": t["gram"] * float("nan")}, meta)
+    _raw_write(h / "stats-extra-tensor.safetensors", {**t, "evil": torch.zeros(3)}, meta)
+    _raw_write(h / "stats-centre-shape.safetensors", {**t, "centre": t["centre"][:, :5].contiguous()}, meta)
     one = ScatterStats.empty(torch.tensor([5]), stats.grid, stats.channel_mean, stats.channel_scale)
     one.update(torch.randn(5, len(stats.channel_scale), *stats.grid), torch.zeros(5, dtype=torch.long))
     save_stats(h / "stats-one-class.safetensors", one, {**meta, "classes": ["0"]})
@@ -364,6 +367,7 @@ CASES = [
             ("stats-site-escape", "field site"),
             ("stats-shards-out-of-range", "shards[0]"),
             ("stats-at-unknown", "field at"),
+            ("stats-precision-unknown", "field precision"),
         ]
     ],
     # --- fit-pooling
@@ -376,6 +380,12 @@ CASES = [
     ("alpha-twice", [*FIT, "--alpha", "1,1.0"], 2, "given twice"),
     ("eigvecs-too-many", [*FIT, "--eigvecs", "1000"], 2, "exceeds"),
     ("stats-nan", ["fit-pooling", "--stats", "{H}/stats-nan.safetensors"], 2, "NaN"),
+    ("stats-extra-tensor", ["fit-pooling", "--stats", "{H}/stats-extra-tensor.safetensors"], 2, "unexpected tensor"),
+    ("stats-centre-shape", ["fit-pooling", "--stats", "{H}/stats-centre-shape.safetensors"], 2, "tensor centre"),
+    ("collect-precision-unknown", [*COL, "--precision", "half"], 2, "--precision"),
+    ("collect-max-memory-bad", [*COL, "--max-memory", "lots"], 2, "--max-memory"),
+    ("collect-over-budget", [*COL, "--max-memory", "1M"], 2, "memory budget is 1 MiB"),
+    ("fit-max-memory-bad", [*FIT, "--max-memory", "-3G"], 2, "--max-memory"),
     ("stats-one-class", ["fit-pooling", "--stats", "{H}/stats-one-class.safetensors"], 2, "one class"),
     ("stats-is-checkpoint", ["fit-pooling", "--stats", C], 2, "not a poolcli statistics file"),
     ("plot-missing-folder", [*FIT, "-o", "{O}/prev.safetensors", "--plot", "{O}/no/maps.png"], 2, "create it"),
@@ -462,6 +472,8 @@ CASES = [
     ("unknown-command", ["explode"], 2, "No such command"),
     ("batch-size-text", ["evaluate", C, "--batch-size", "zero"], 2, "--batch-size"),
 ]
+if not torch.cuda.is_available():  # where a GPU is visible the same command is valid
+    CASES.append(("fit-device-cuda-absent", [*FIT, "--device", "cuda"], 2, "no CUDA GPU"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

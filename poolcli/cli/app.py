@@ -39,8 +39,11 @@ def _version(value: bool) -> None:
     from .. import __version__
     from ..ops.native import native_status
 
+    from ..ops import ppool_triton
+
     kernels = ", ".join(f"{name}: {how}" for name, how in native_status().items())
-    print(f"poolcli {__version__} (torch {torch.__version__}; kernels: {kernels})")
+    cuda = f"triton {ppool_triton.triton.__version__}" if ppool_triton.triton is not None else "torch ops (no triton)"
+    print(f"poolcli {__version__} (torch {torch.__version__}; kernels: {kernels}; ppool on CUDA: {cuda})")
     raise typer.Exit()
 
 

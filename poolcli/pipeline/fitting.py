@@ -127,7 +127,7 @@ def run_fit(
         try:
             fit = fit_pooling(
                 D,
-                B,
+                on,  # B itself, or its one copy on the solve's device
                 grid,
                 stride=stride,
                 alpha=alpha,
