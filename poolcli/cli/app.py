@@ -37,9 +37,8 @@ def _version(value: bool) -> None:
     import torch
 
     from .. import __version__
-    from ..ops.native import native_status
-
     from ..ops import ppool_triton
+    from ..ops.native import native_status
 
     kernels = ", ".join(f"{name}: {how}" for name, how in native_status().items())
     cuda = f"triton {ppool_triton.triton.__version__}" if ppool_triton.triton is not None else "torch ops (no triton)"
