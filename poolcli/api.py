@@ -473,6 +473,9 @@ def finetune(
     return bundle, {**doc, **model_record(bundle), "output": str(out) if out else None, "environment": environment()}
 
 
+METRIC_FAMILIES = ("classification", "retrieval")
+
+
 def evaluate(
     models: Sequence[Any],
     data: Any = "digits:test",
@@ -487,16 +490,39 @@ def evaluate(
     max_per_class: int | None = None,
     bad_images: str = "error",
     allow_class_mismatch: bool = False,
+    metrics: Sequence[str] = ("classification",),
+    embed_site: str | None = None,
+    distance: str = "cosine",
+    recall_k: Sequence[int] = (1, 2, 4, 8),
+    gallery: Any = None,
+    full_map: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
-    """Top-1 (and top-5 where there are more than 5 classes), cross-entropy and images/s of each model on
-    ``data``, each fed through its own preprocessing. ``weights``: one entry per model (or None). A
-    checkpoint whose class names differ from the dataset's is refused unless ``allow_class_mismatch``."""
-    from .data.specs import make_loader
-    from .metrics.classification import METRIC_DEFINITIONS, evaluate_classifier
-    from .progress import task
+    """Evaluate each model on ``data``, each fed through its own preprocessing, in one pass per model that
+    feeds every requested metric family:
+
+    * ``classification``: top-1 (top-5 above 5 classes), cross-entropy, images/s;
+    * ``retrieval``: P@1, Recall@K (``recall_k``), R-precision, MAP@R, MAP, MRR, NMI/AMI of the embeddings
+      (:mod:`poolcli.metrics.retrieval`): the pre-logit features, or ``embed_site``'s output; leave-one-out
+      on ``data``, or ``data`` as queries against ``gallery``; ``distance`` cosine or euclidean.
+
+    ``weights``: one entry per model (or None). A checkpoint whose class names differ from the dataset's is
+    refused unless ``allow_class_mismatch``."""
+    from .metrics.classification import METRIC_DEFINITIONS
+    from .metrics.retrieval import DISTANCES
     from .runtime import resolve_device, seed_everything
 
+    families = list(dict.fromkeys(metrics))
+    bad = [f for f in families if f not in METRIC_FAMILIES]
+    if bad or not families:
+        raise BadInputError(f"unknown metric family {quote(bad[0] if bad else '')}: use {', '.join(METRIC_FAMILIES)}")
+    if distance not in DISTANCES:
+        raise BadInputError(f"--distance must be one of {', '.join(DISTANCES)}, not {quote(distance)}")
+    recall_k = sorted({int(k) for k in recall_k})
+    if not recall_k or recall_k[0] < 1:
+        raise BadInputError("--recall-k needs positive integers, e.g. 1,2,4,8")
+    if gallery is not None and "retrieval" not in families:
+        raise BadInputError("--gallery is for retrieval: add --metrics retrieval")
     models = list(models)
     weights = list(weights) if weights else [None] * len(models)
     if len(weights) != len(models):
@@ -506,47 +532,143 @@ def evaluate(
     results = []
     from .models.spec import is_checkpoint_spec
 
+    select = dict(classes=classes, limit=limit, max_per_class=max_per_class, seed=seed, bad_images=bad_images)
     for spec, w in zip(models, weights):
         opts = dict(options, **({"weights": w} if w is not None else {}))
         if isinstance(spec, (str, Path)) and is_checkpoint_spec(str(spec)):
             for key in ("pretrained", "num_classes", "in_chans"):  # these build timm:/tv:/poolcli: architectures
                 opts.pop(key, None)
         bundle = load_model(spec, **opts)
-        ds = open_data(
-            data,
-            bundle,
-            split="test",
-            classes=classes,
-            limit=limit,
-            max_per_class=max_per_class,
-            seed=seed,
-            bad_images=bad_images,
-        )
-        notes = check_classes(bundle, ds, allow_class_mismatch)
+        ds = open_data(data, bundle, split="test", **select)
+        notes = check_classes(bundle, ds, allow_class_mismatch, labels_vs_outputs="classification" in families)
         warn_if_random(bundle, "evaluating")
-        with task(f"evaluate {bundle.spec}", len(ds)) as advance:
-            metrics = evaluate_classifier(bundle.module, make_loader(ds, batch_size, workers), dev, advance)
-        results.append(
-            {**model_record(bundle), "dataset": getattr(ds, "description", str(data)), **metrics, "notes": notes}
+        record = {**model_record(bundle), "dataset": getattr(ds, "description", str(data)), "notes": notes}
+        record |= _evaluate_one(
+            bundle,
+            ds,
+            gallery,
+            families,
+            dev,
+            batch_size,
+            workers,
+            select,
+            embed_site=embed_site,
+            distance=distance,
+            recall_k=recall_k,
+            full_map=full_map,
+            seed=seed,
         )
+        results.append(record)
     return {
-        "schema": "poolcli.evaluate/2",
+        "schema": "poolcli.evaluate/3",
         "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__,
+        "gallery": str(gallery) if gallery is not None else None,
+        "metrics": families,
         "device": str(dev),
         "batch_size": batch_size,
         "seed": seed,
         "selection": {"classes": classes, "limit": limit, "max_per_class": max_per_class},
-        "definitions": METRIC_DEFINITIONS,
+        "definitions": {**METRIC_DEFINITIONS, **(RETRIEVAL_DEFINITIONS if "retrieval" in families else {})},
         "results": results,
         "environment": environment(),
     }
 
 
-def check_classes(bundle: ModelBundle, ds: Any, allow: bool) -> list[str]:
-    """The dataset's class names against the checkpoint's, and its labels against the model's outputs."""
+RETRIEVAL_DEFINITIONS = {
+    "precision_at_1": "fraction of queries whose nearest gallery item (self excluded by index) has their label; "
+    "the DML papers' Recall@1",
+    "recall_at_K": "fraction of queries with at least one same-label item among their K nearest (Song et al. 2016)",
+    "r_precision": "mean over queries of (same-label items among the R_q nearest) / R_q, R_q = same-label gallery "
+    "items (minus the query itself in leave-one-out)",
+    "map_at_r": "mean over queries of (1/R_q) Σ_{i≤R_q} P(i)·rel(i) (Musgrave et al. 2020)",
+    "map": "mean over queries of (1/R_q) Σ_i P(i)·rel(i) over the whole ranking (AccuracyCalculator's "
+    "mean_average_precision with k = all)",
+    "mrr": "mean over queries of 1 / rank of the first same-label item",
+    "nmi_ami": "scikit-learn NMI (arithmetic) and AMI of k-means clusters (as many as query labels, n_init=1, the "
+    "recorded seed) of the query embeddings",
+    "lone_queries_excluded": "queries whose label has no other gallery item: left out of the ranking metrics",
+}
+
+
+def _evaluate_one(
+    bundle: ModelBundle,
+    ds: Any,
+    gallery: Any,
+    families: list[str],
+    dev: torch.device,
+    batch_size: int,
+    workers: int,
+    select: dict[str, Any],
+    *,
+    embed_site: str | None,
+    distance: str,
+    recall_k: list[int],
+    full_map: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """One pass of ``bundle`` over ``ds`` (and one over ``gallery``) feeding the requested families."""
+    from .data.specs import make_loader
+    from .metrics.classification import Classification, run_pass
+    from .metrics.retrieval import retrieval_metrics
+    from .models.embed import capture_embeddings, find_embedding
+    from .progress import task
+
+    out: dict[str, Any] = {}
+    consumers = []
+    acc = Classification() if "classification" in families else None
+    if acc is not None:
+        consumers.append(acc.update)
+    retrieval = "retrieval" in families
+    tap = find_embedding(bundle, embed_site) if retrieval else None
+    with capture_embeddings(bundle.module, tap) if retrieval else contextlib.nullcontext({}) as box:
+
+        def embeddings_of(store: list):
+            return lambda logits, y: store.append((box["embedding"].cpu(), y.cpu()))
+
+        queries: list = []
+        if retrieval:
+            consumers.append(embeddings_of(queries))
+        with task(f"evaluate {bundle.spec}", len(ds)) as advance:
+            out |= run_pass(bundle.module, make_loader(ds, batch_size, workers), dev, consumers, advance)
+        if acc is not None:
+            out |= acc.result()
+        if not retrieval:
+            return out
+        gal: list = []
+        if gallery is not None:
+            gds = open_data(gallery, bundle, split="test", **select)
+            with task(f"gallery {bundle.spec}", len(gds)) as advance:
+                run_pass(bundle.module, make_loader(gds, batch_size, workers), dev, [embeddings_of(gal)], advance)
+    q_emb, q_lab = torch.cat([e for e, _ in queries]), torch.cat([y for _, y in queries])
+    g_emb = torch.cat([e for e, _ in gal]) if gal else None
+    g_lab = torch.cat([y for _, y in gal]) if gal else None
+    res = retrieval_metrics(
+        q_emb, q_lab, g_emb, g_lab, recall_k=recall_k, distance=distance, full_map=full_map, seed=seed
+    )
+    if not bool(res.kept.any()):
+        why = (
+            "no query's label occurs in the gallery: query and gallery must share classes"
+            if gallery is not None
+            else "every class has a single image, so no query has a match: retrieval needs ≥ 2 images per class "
+            "(raise --max-per-class or --limit)"
+        )
+        raise BadInputError(why)
+    out["retrieval"] = {
+        **res.metrics,
+        "embedding": tap.description,
+        "embedding_dim": int(q_emb.shape[1]),
+        "embeddings_bytes": int(q_emb.numel() * 4 + (g_emb.numel() * 4 if g_emb is not None else 0)),
+        **res.protocol,
+    }
+    return out
+
+
+def check_classes(bundle: ModelBundle, ds: Any, allow: bool, labels_vs_outputs: bool = True) -> list[str]:
+    """The dataset's class names against the checkpoint's, and (``labels_vs_outputs``) its labels against the
+    model's outputs (not for retrieval, whose classes are unseen by design)."""
     notes = []
     outputs = bundle.num_classes
-    if outputs is not None and len(ds.labels) and int(ds.labels.max()) >= outputs:
+    if labels_vs_outputs and outputs is not None and len(ds.labels) and int(ds.labels.max()) >= outputs:
         raise BadInputError(
             f"the dataset has labels up to {int(ds.labels.max())} but {bundle.spec} has {outputs} outputs; "
             "select classes with --classes, or fine-tune a model built with --num-classes"

@@ -1,13 +1,14 @@
-"""poolcli evaluate: accuracy, loss and throughput of one or more models on a dataset."""
+"""poolcli evaluate: classification and retrieval metrics of one or more models on a dataset."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.table import Table
 
+from ..errors import BadInputError
 from .app import app
 from .common import (
     STATE,
@@ -57,13 +58,47 @@ def evaluate_cmd(
             "--allow-class-mismatch", help="Evaluate a checkpoint on data whose class names differ from its own."
         ),
     ] = False,
+    metrics: Annotated[
+        str,
+        typer.Option(
+            "--metrics",
+            metavar="FAMILIES",
+            help="Comma list of metric families: classification (top-1/5, loss), retrieval (P@1, R@K, "
+            "R-precision, MAP@R, MAP, MRR, NMI/AMI of the embeddings). One pass over the data feeds all.",
+        ),
+    ] = "classification",
+    embed_site: Annotated[
+        Optional[str],
+        typer.Option(
+            "--embed-site",
+            metavar="SITE",
+            help="Embedding for retrieval: this site's output (spatial mean of a map); default the pre-logit "
+            "features (the classifier's input).",
+        ),
+    ] = None,
+    distance: Annotated[
+        Literal["cosine", "euclidean"],
+        typer.Option("--distance", help="Retrieval ranking: cosine of L2-normalised embeddings, or euclidean."),
+    ] = "cosine",
+    recall_k: Annotated[
+        str, typer.Option("--recall-k", metavar="K,K,...", help="Recall@K cut-offs for retrieval.")
+    ] = "1,2,4,8",
+    gallery: Annotated[
+        Optional[str],
+        typer.Option(
+            "--gallery",
+            metavar="SPEC",
+            help="Retrieval against this gallery with --data as the queries (In-Shop style); default "
+            "leave-one-out on --data.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
-    """Top-1/top-5 accuracy, loss and images/s of each model on a dataset.
+    """Classification and retrieval metrics of each model on a dataset.
 
     Example: poolcli evaluate fixtures/digits-cnn.safetensors fixtures/digits-resnet.safetensors
-    --data digits:test --json
+    --data digits:test --metrics classification,retrieval --json
     """
     from .. import api
 
@@ -81,8 +116,13 @@ def evaluate_cmd(
         limit=limit,
         max_per_class=max_per_class,
         bad_images=bad_images,
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+        embed_site=embed_site,
+        distance=distance,
+        recall_k=_ints(recall_k, "--recall-k"),
+        gallery=gallery,
     )
-    if not STATE["quiet"]:
+    if not STATE["quiet"] and "classification" in doc["metrics"]:
         table = Table(title=f"evaluate on {data} ({doc['device']})", title_justify="left")
         for col in ("model", "weights", "images", "top-1", "top-5", "loss", "images/s"):
             table.add_column(col, justify="left" if col in ("model", "weights") else "right", no_wrap=col == "model")
@@ -96,10 +136,49 @@ def evaluate_cmd(
                 f"{r['loss']:.4f}",
                 f"{r['images_per_s']:.0f}",
             )
-        con = console()
-        con.print(table)
+        console().print(table)
+    if not STATE["quiet"] and "retrieval" in doc["metrics"]:
+        _retrieval_table(doc, data)
+    if not STATE["quiet"]:
         for r in doc["results"]:
             for note in r["notes"]:
-                con.print(f"note: {note}")
+                console().print(f"note: {note}")
     if json_out:
         emit_json(doc)
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInputError(f"bad {option} {text!r}: give positive integers, e.g. 1,2,4,8") from None
+    if not values or min(values) < 1:
+        raise BadInputError(f"bad {option} {text!r}: give positive integers, e.g. 1,2,4,8")
+    return values
+
+
+def _retrieval_table(doc: dict, data: str) -> None:
+    first = doc["results"][0]["retrieval"]
+    where = f"{first['protocol']}, {first['distance']}" + (f", gallery {doc['gallery']}" if doc["gallery"] else "")
+    table = Table(title=f"retrieval on {data} ({where})", title_justify="left")
+    ks = first["recall_k"]
+    cols = ["model", "queries", "lone", "P@1", *(f"R@{k}" for k in ks if k > 1), "R-prec", "MAP@R", "MAP", "NMI", "AMI"]
+    for col in cols:
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+    pct = lambda v: "-" if v is None or v != v else f"{100 * v:.2f}"  # noqa: E731
+    for r in doc["results"]:
+        m = r["retrieval"]
+        table.add_row(
+            r["model"],
+            str(m["queries"]),
+            str(m["lone_queries_excluded"]),
+            pct(m["precision_at_1"]),
+            *(pct(m[f"recall_at_{k}"]) for k in ks if k > 1),
+            pct(m["r_precision"]),
+            pct(m["map_at_r"]),
+            pct(m.get("map")),
+            pct(m.get("nmi")),
+            pct(m.get("ami")),
+        )
+    console().print(table)
+    console().print(f"embedding: {first['embedding']} (d={first['embedding_dim']}); values in %")

@@ -10,6 +10,10 @@ summed in registers and ∂y/∂x is scattered with atomic adds (windows overlap
 Inputs are non-negative here (the caller shifts or clamps), float32 (float16/bfloat16 are computed in
 float32 by the caller, float64 in float64).
 
+The floor of ln 0 and the smallest normal number are compile-time constants (``tl.constexpr``), not
+runtime scalars: Triton passes Python floats to a GPU kernel as float32, which would turn float64's
+-1e200 into -inf and its 2.2e-308 into 0.
+
 Runs on CUDA tensors; with ``TRITON_INTERPRET=1`` (Triton's interpreter, set before this module is
 imported) also on CPU tensors, which is how the tests exercise it on machines without a GPU.
 """
@@ -55,8 +59,8 @@ if triton is not None:
 
     @triton.jit
     def _fwd_kernel(
-        x_ptr, a_ptr, y_ptr, den_ptr, lm_ptr, total, H, W, HO, WO, SH, SW, PH, PW, TINY, FLOOR,
-        KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr,
+        x_ptr, a_ptr, y_ptr, den_ptr, lm_ptr, total, H, W, HO, WO, SH, SW, PH, PW, TINY: tl.constexpr,
+        FLOOR: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         valid = offs < total
@@ -83,8 +87,9 @@ if triton is not None:
 
     @triton.jit
     def _bwd_kernel(
-        x_ptr, a_ptr, y_ptr, den_ptr, lm_ptr, gy_ptr, gx_ptr, ga_ptr, total, H, W, HO, WO, SH, SW, PH, PW, TINY,
-        FLOOR, KH: tl.constexpr, KW: tl.constexpr, NEED_X: tl.constexpr, NEED_A: tl.constexpr, BLOCK: tl.constexpr,
+        x_ptr, a_ptr, y_ptr, den_ptr, lm_ptr, gy_ptr, gx_ptr, ga_ptr, total, H, W, HO, WO, SH, SW, PH, PW,
+        TINY: tl.constexpr, FLOOR: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, NEED_X: tl.constexpr,
+        NEED_A: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         valid = offs < total
