@@ -559,6 +559,7 @@ def evaluate(
             seed=seed,
         )
         results.append(record)
+    comparisons = compare_models(results, seed)
     return {
         "schema": "poolcli.evaluate/3",
         "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__,
@@ -570,8 +571,31 @@ def evaluate(
         "selection": {"classes": classes, "limit": limit, "max_per_class": max_per_class},
         "definitions": {**METRIC_DEFINITIONS, **(RETRIEVAL_DEFINITIONS if "retrieval" in families else {})},
         "results": results,
+        "comparisons": comparisons,
         "environment": environment(),
     }
+
+
+def compare_models(results: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Every pair of models on the same items: the paired bootstrap of each per-item score's difference
+    (top-1 over images; P@1 and MAP@R over queries) and McNemar's exact test for top-1. Consumes the
+    private per-item vectors of ``results``."""
+    from .metrics.paired import mcnemar_exact, paired_bootstrap
+
+    vectors = [(r.pop("_paired", {}), r.pop("_items", None)) for r in results]
+    out = []
+    for i in range(len(results)):
+        for j in range(i + 1, len(results)):
+            (va, items_a), (vb, items_b) = vectors[i], vectors[j]
+            if items_a is None or items_b is None or not torch.equal(items_a, items_b):
+                continue  # not the same images in the same order: no paired comparison
+            entry: dict[str, Any] = {"a": results[i]["model"], "b": results[j]["model"]}
+            for name in va.keys() & vb.keys():
+                entry[name] = paired_bootstrap(va[name].double(), vb[name].double(), seed=seed)
+                if name == "top1":
+                    entry[name] |= {"mcnemar": mcnemar_exact(va[name], vb[name])}
+            out.append(entry)
+    return out
 
 
 RETRIEVAL_DEFINITIONS = {
@@ -632,6 +656,8 @@ def _evaluate_one(
             out |= run_pass(bundle.module, make_loader(ds, batch_size, workers), dev, consumers, advance)
         if acc is not None:
             out |= acc.result()
+            out["_paired"] = {"top1": torch.cat(acc.correct)}
+            out["_items"] = torch.cat([y for y in acc.labels])
         if not retrieval:
             return out
         gal: list = []
@@ -653,6 +679,9 @@ def _evaluate_one(
             "(raise --max-per-class or --limit)"
         )
         raise BadInputError(why)
+    paired = out.setdefault("_paired", {})
+    paired |= {f"retrieval.{k}": res.per_query[k] for k in ("precision_at_1", "map_at_r")}
+    out["_items"] = torch.cat([q_lab, g_lab]) if g_lab is not None else q_lab
     out["retrieval"] = {
         **res.metrics,
         "embedding": tap.description,

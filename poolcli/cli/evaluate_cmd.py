@@ -124,7 +124,7 @@ def evaluate_cmd(
     )
     if not STATE["quiet"] and "classification" in doc["metrics"]:
         table = Table(title=f"evaluate on {data} ({doc['device']})", title_justify="left")
-        for col in ("model", "weights", "images", "top-1", "top-5", "loss", "images/s"):
+        for col in ("model", "weights", "images", "top-1", "top-5", "macro", "NLL", "ECE", "images/s"):
             table.add_column(col, justify="left" if col in ("model", "weights") else "right", no_wrap=col == "model")
         for r in doc["results"]:
             table.add_row(
@@ -133,12 +133,16 @@ def evaluate_cmd(
                 str(r["n"]),
                 f"{100 * r['top1']:.2f}%",
                 f"{100 * r['top5']:.2f}%" if "top5" in r else "-",
-                f"{r['loss']:.4f}",
+                f"{100 * r['macro_accuracy']:.2f}%",
+                f"{r['nll']:.4f}",
+                f"{r['ece']:.4f}",
                 f"{r['images_per_s']:.0f}",
             )
         console().print(table)
     if not STATE["quiet"] and "retrieval" in doc["metrics"]:
         _retrieval_table(doc, data)
+    if not STATE["quiet"] and doc["comparisons"]:
+        _paired_table(doc)
     if not STATE["quiet"]:
         for r in doc["results"]:
             for note in r["notes"]:
@@ -182,3 +186,23 @@ def _retrieval_table(doc: dict, data: str) -> None:
         )
     console().print(table)
     console().print(f"embedding: {first['embedding']} (d={first['embedding_dim']}); values in %")
+
+
+def _paired_table(doc: dict) -> None:
+    table = Table(title="paired comparisons (a − b, same images; 95% bootstrap interval)", title_justify="left")
+    for col in ("a", "b", "metric", "a − b", "95% interval", "McNemar p", "verdict"):
+        table.add_column(col, justify="left" if col in ("a", "b", "metric", "verdict") else "right", no_wrap=True)
+    for pair in doc["comparisons"]:
+        for name, r in sorted((k, v) for k, v in pair.items() if isinstance(v, dict)):
+            p = r.get("mcnemar", {}).get("p_value")
+            table.add_row(
+                pair["a"],
+                pair["b"],
+                name,
+                f"{100 * r['difference']:+.2f}",
+                f"[{100 * r['ci'][0]:+.2f}, {100 * r['ci'][1]:+.2f}]",
+                "-" if p is None else f"{p:.3g}",
+                "noise" if r["noise"] else "real",
+            )
+    console().print(table)
+    console().print("differences in percentage points; 'noise': the 95% interval contains 0")
