@@ -473,7 +473,7 @@ def finetune(
     return bundle, {**doc, **model_record(bundle), "output": str(out) if out else None, "environment": environment()}
 
 
-METRIC_FAMILIES = ("classification", "retrieval")
+METRIC_FAMILIES = ("classification", "retrieval", "separability")
 
 
 def evaluate(
@@ -504,7 +504,9 @@ def evaluate(
     * ``classification``: top-1 (top-5 above 5 classes), cross-entropy, images/s;
     * ``retrieval``: P@1, Recall@K (``recall_k``), R-precision, MAP@R, MAP, MRR, NMI/AMI of the embeddings
       (:mod:`poolcli.metrics.retrieval`): the pre-logit features, or ``embed_site``'s output; leave-one-out
-      on ``data``, or ``data`` as queries against ``gallery``; ``distance`` cosine or euclidean.
+      on ``data``, or ``data`` as queries against ``gallery``; ``distance`` cosine or euclidean;
+    * ``separability``: seed 001's eq. 8 ratio S_b/S_w and Fisher's tr(S_w⁻¹S_b) of the same embeddings
+      (:mod:`poolcli.metrics.separability`).
 
     ``weights``: one entry per model (or None). A checkpoint whose class names differ from the dataset's is
     refused unless ``allow_class_mismatch``."""
@@ -634,6 +636,7 @@ def _evaluate_one(
     from .data.specs import make_loader
     from .metrics.classification import Classification, run_pass
     from .metrics.retrieval import retrieval_metrics
+    from .metrics.separability import Separability
     from .models.embed import capture_embeddings, find_embedding
     from .progress import task
 
@@ -643,8 +646,9 @@ def _evaluate_one(
     if acc is not None:
         consumers.append(acc.update)
     retrieval = "retrieval" in families
-    tap = find_embedding(bundle, embed_site) if retrieval else None
-    with capture_embeddings(bundle.module, tap) if retrieval else contextlib.nullcontext({}) as box:
+    embedded = retrieval or "separability" in families
+    tap = find_embedding(bundle, embed_site) if embedded else None
+    with capture_embeddings(bundle.module, tap) if embedded else contextlib.nullcontext({}) as box:
 
         def embeddings_of(store: list):
             return lambda logits, y: store.append((box["embedding"].cpu(), y.cpu()))
@@ -652,12 +656,17 @@ def _evaluate_one(
         queries: list = []
         if retrieval:
             consumers.append(embeddings_of(queries))
+        sep = Separability(torch.bincount(ds.labels)) if "separability" in families else None
+        if sep is not None:
+            consumers.append(lambda logits, y: sep.update(box["embedding"], y))
         with task(f"evaluate {bundle.spec}", len(ds)) as advance:
             out |= run_pass(bundle.module, make_loader(ds, batch_size, workers), dev, consumers, advance)
         if acc is not None:
             out |= acc.result()
             out["_paired"] = {"top1": torch.cat(acc.correct)}
             out["_items"] = torch.cat([y for y in acc.labels])
+        if sep is not None:
+            out["separability"] = {**sep.result(), "embedding": tap.description}
         if not retrieval:
             return out
         gal: list = []

@@ -63,8 +63,9 @@ def evaluate_cmd(
         typer.Option(
             "--metrics",
             metavar="FAMILIES",
-            help="Comma list of metric families: classification (top-1/5, loss), retrieval (P@1, R@K, "
-            "R-precision, MAP@R, MAP, MRR, NMI/AMI of the embeddings). One pass over the data feeds all.",
+            help="Comma list of metric families: classification (top-1/5, macro, NLL, ECE), retrieval (P@1, "
+            "R@K, R-precision, MAP@R, MAP, MRR, NMI/AMI of the embeddings), separability (S_b/S_w of seed 001 "
+            "eq. 8 and tr(S_w⁻¹S_b) of the embeddings). One pass over the data feeds all.",
         ),
     ] = "classification",
     embed_site: Annotated[
@@ -141,6 +142,8 @@ def evaluate_cmd(
         console().print(table)
     if not STATE["quiet"] and "retrieval" in doc["metrics"]:
         _retrieval_table(doc, data)
+    if not STATE["quiet"] and "separability" in doc["metrics"]:
+        _separability_table(doc, data)
     if not STATE["quiet"] and doc["comparisons"]:
         _paired_table(doc)
     if not STATE["quiet"]:
@@ -206,3 +209,18 @@ def _paired_table(doc: dict) -> None:
             )
     console().print(table)
     console().print("differences in percentage points; 'noise': the 95% interval contains 0")
+
+
+def _separability_table(doc: dict, data: str) -> None:
+    table = Table(title=f"separability on {data}", title_justify="left")
+    for col in ("model", "embedding", "S_b/S_w (eq. 8)", "tr(S_w⁻¹S_b)"):
+        table.add_column(col, justify="left" if col in ("model", "embedding") else "right", no_wrap=col == "model")
+    for r in doc["results"]:
+        s = r["separability"]
+        table.add_row(
+            r["model"],
+            s["embedding"],
+            f"{s['eq8_ratio']:.4g}",
+            f"{s['lda_trace']:.4g}" if s["lda_trace"] is not None else f"- ({s['lda_undefined']})",
+        )
+    console().print(table)
