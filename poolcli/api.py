@@ -496,6 +496,9 @@ def evaluate(
     recall_k: Sequence[int] = (1, 2, 4, 8),
     gallery: Any = None,
     full_map: bool = True,
+    whiten: Path | str | None = None,
+    whiten_dim: int | None = None,
+    save_whitening: Path | str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Evaluate each model on ``data``, each fed through its own preprocessing, in one pass per model that
@@ -508,6 +511,8 @@ def evaluate(
     * ``separability``: seed 001's eq. 8 ratio S_b/S_w and Fisher's tr(S_w⁻¹S_b) of the same embeddings
       (:mod:`poolcli.metrics.separability`).
 
+    ``whiten``: retrieval embeddings go through L2 → PCA-whitening → L2 (``whiten_dim`` components) fitted
+    on this data spec (saved to ``save_whitening``, one model only) or read from a saved ``.safetensors``.
     ``weights``: one entry per model (or None). A checkpoint whose class names differ from the dataset's is
     refused unless ``allow_class_mismatch``."""
     from .metrics.classification import METRIC_DEFINITIONS
@@ -525,6 +530,18 @@ def evaluate(
         raise BadInputError("--recall-k needs positive integers, e.g. 1,2,4,8")
     if gallery is not None and "retrieval" not in families:
         raise BadInputError("--gallery is for retrieval: add --metrics retrieval")
+    if (whiten is not None or save_whitening is not None) and "retrieval" not in families:
+        raise BadInputError("--whiten is for retrieval: add --metrics retrieval")
+    if save_whitening is not None:
+        from .io.atomic import check_output, check_suffix
+
+        if whiten is None or str(whiten).endswith(".safetensors"):
+            raise BadInputError("--save-whitening needs --whiten DATA (the data the whitening is fitted on)")
+        if len(list(models)) != 1:
+            raise BadInputError("--save-whitening saves one model's whitening: evaluate one model with it")
+        check_suffix(Path(save_whitening), "whitening files", "--save-whitening")
+        check_output(Path(save_whitening))
+    whiten_opts = None if whiten is None else {"source": whiten, "dim": whiten_dim, "save": save_whitening}
     models = list(models)
     weights = list(weights) if weights else [None] * len(models)
     if len(weights) != len(models):
@@ -559,6 +576,7 @@ def evaluate(
             recall_k=recall_k,
             full_map=full_map,
             seed=seed,
+            whiten=whiten_opts,
         )
         results.append(record)
     comparisons = compare_models(results, seed)
@@ -600,6 +618,30 @@ def compare_models(results: list[dict[str, Any]], seed: int) -> list[dict[str, A
     return out
 
 
+def _whitening(bundle, whiten: dict[str, Any], dev, batch_size, workers, select, embeddings_of):
+    """The whitening of ``whiten["source"]``: a saved file, or fitted now on that data spec's embeddings
+    (and saved to ``whiten["save"]``)."""
+    from .data.specs import make_loader
+    from .metrics.classification import run_pass
+    from .metrics.whitening import fit_whitening, load_whitening, save_whitening
+    from .progress import task
+
+    source = str(whiten["source"])
+    if source.endswith(".safetensors"):
+        w = load_whitening(source)
+        return w, {"file": source, "dim": w.dim}
+    fit_ds = open_data(source, bundle, split="train", seed=select["seed"], bad_images=select["bad_images"])
+    store: list = []
+    with task(f"whitening fit {bundle.spec}", len(fit_ds)) as advance:
+        run_pass(bundle.module, make_loader(fit_ds, batch_size, workers), dev, [embeddings_of(store)], advance)
+    w = fit_whitening(torch.cat([e for e, _ in store]), whiten.get("dim"))
+    info = {"fitted_on": source, "images": len(fit_ds), "dim": w.dim, "method": "L2, PCA-whitening, L2"}
+    if whiten.get("save") is not None:
+        save_whitening(whiten["save"], w, {"model": bundle.spec, **info})
+        info["saved"] = str(whiten["save"])
+    return w, info
+
+
 RETRIEVAL_DEFINITIONS = {
     "precision_at_1": "fraction of queries whose nearest gallery item (self excluded by index) has their label; "
     "the DML papers' Recall@1",
@@ -631,6 +673,7 @@ def _evaluate_one(
     recall_k: list[int],
     full_map: bool,
     seed: int,
+    whiten: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One pass of ``bundle`` over ``ds`` (and one over ``gallery``) feeding the requested families."""
     from .data.specs import make_loader
@@ -674,9 +717,15 @@ def _evaluate_one(
             gds = open_data(gallery, bundle, split="test", **select)
             with task(f"gallery {bundle.spec}", len(gds)) as advance:
                 run_pass(bundle.module, make_loader(gds, batch_size, workers), dev, [embeddings_of(gal)], advance)
+        white, white_info = None, None
+        if whiten is not None:
+            white, white_info = _whitening(bundle, whiten, dev, batch_size, workers, select, embeddings_of)
     q_emb, q_lab = torch.cat([e for e, _ in queries]), torch.cat([y for _, y in queries])
     g_emb = torch.cat([e for e, _ in gal]) if gal else None
     g_lab = torch.cat([y for _, y in gal]) if gal else None
+    if white is not None:
+        q_emb = white.apply(q_emb)
+        g_emb = white.apply(g_emb) if g_emb is not None else None
     res = retrieval_metrics(
         q_emb, q_lab, g_emb, g_lab, recall_k=recall_k, distance=distance, full_map=full_map, seed=seed
     )
@@ -696,6 +745,7 @@ def _evaluate_one(
         "embedding": tap.description,
         "embedding_dim": int(q_emb.shape[1]),
         "embeddings_bytes": int(q_emb.numel() * 4 + (g_emb.numel() * 4 if g_emb is not None else 0)),
+        "whitening": white_info,
         **res.protocol,
     }
     return out

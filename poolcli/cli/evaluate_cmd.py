@@ -93,6 +93,22 @@ def evaluate_cmd(
             "leave-one-out on --data.",
         ),
     ] = None,
+    whiten: Annotated[
+        Optional[str],
+        typer.Option(
+            "--whiten",
+            metavar="SPEC|FILE",
+            help="Retrieval descriptors through L2 → PCA-whitening → L2, fitted on this data (e.g. digits:train) "
+            "or read from a file saved with --save-whitening.",
+        ),
+    ] = None,
+    whiten_dim: Annotated[
+        Optional[int], typer.Option("--dim", metavar="D", help="Components kept by --whiten (default all).")
+    ] = None,
+    save_whitening: Annotated[
+        Optional[Path],
+        typer.Option("--save-whitening", metavar="FILE", help="Save the whitening fitted by --whiten (one model)."),
+    ] = None,
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
@@ -122,6 +138,9 @@ def evaluate_cmd(
         distance=distance,
         recall_k=_ints(recall_k, "--recall-k"),
         gallery=gallery,
+        whiten=whiten,
+        whiten_dim=whiten_dim,
+        save_whitening=save_whitening,
     )
     if not STATE["quiet"] and "classification" in doc["metrics"]:
         table = Table(title=f"evaluate on {data} ({doc['device']})", title_justify="left")
