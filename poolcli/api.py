@@ -517,6 +517,7 @@ def evaluate(
     refused unless ``allow_class_mismatch``."""
     from .metrics.classification import METRIC_DEFINITIONS
     from .metrics.retrieval import DISTANCES
+    from .pipeline.evaluate import RETRIEVAL_DEFINITIONS, compare_models, evaluate_one
     from .runtime import resolve_device, seed_everything
 
     families = list(dict.fromkeys(metrics))
@@ -562,7 +563,7 @@ def evaluate(
         notes = check_classes(bundle, ds, allow_class_mismatch, labels_vs_outputs="classification" in families)
         warn_if_random(bundle, "evaluating")
         record = {**model_record(bundle), "dataset": getattr(ds, "description", str(data)), "notes": notes}
-        record |= _evaluate_one(
+        record |= evaluate_one(
             bundle,
             ds,
             gallery,
@@ -571,6 +572,7 @@ def evaluate(
             batch_size,
             workers,
             select,
+            lambda spec, split, pick, bundle=bundle: open_data(spec, bundle, split=split, **pick),
             embed_site=embed_site,
             distance=distance,
             recall_k=recall_k,
@@ -580,6 +582,9 @@ def evaluate(
         )
         results.append(record)
     comparisons = compare_models(results, seed)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()  # a live group at interpreter exit can abort the process
     return {
         "schema": "poolcli.evaluate/3",
         "data": str(data) if isinstance(data, (str, Path)) else type(data).__name__,
@@ -594,161 +599,6 @@ def evaluate(
         "comparisons": comparisons,
         "environment": environment(),
     }
-
-
-def compare_models(results: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """Every pair of models on the same items: the paired bootstrap of each per-item score's difference
-    (top-1 over images; P@1 and MAP@R over queries) and McNemar's exact test for top-1. Consumes the
-    private per-item vectors of ``results``."""
-    from .metrics.paired import mcnemar_exact, paired_bootstrap
-
-    vectors = [(r.pop("_paired", {}), r.pop("_items", None)) for r in results]
-    out = []
-    for i in range(len(results)):
-        for j in range(i + 1, len(results)):
-            (va, items_a), (vb, items_b) = vectors[i], vectors[j]
-            if items_a is None or items_b is None or not torch.equal(items_a, items_b):
-                continue  # not the same images in the same order: no paired comparison
-            entry: dict[str, Any] = {"a": results[i]["model"], "b": results[j]["model"]}
-            for name in va.keys() & vb.keys():
-                entry[name] = paired_bootstrap(va[name].double(), vb[name].double(), seed=seed)
-                if name == "top1":
-                    entry[name] |= {"mcnemar": mcnemar_exact(va[name], vb[name])}
-            out.append(entry)
-    return out
-
-
-def _whitening(bundle, whiten: dict[str, Any], dev, batch_size, workers, select, embeddings_of):
-    """The whitening of ``whiten["source"]``: a saved file, or fitted now on that data spec's embeddings
-    (and saved to ``whiten["save"]``)."""
-    from .data.specs import make_loader
-    from .metrics.classification import run_pass
-    from .metrics.whitening import fit_whitening, load_whitening, save_whitening
-    from .progress import task
-
-    source = str(whiten["source"])
-    if source.endswith(".safetensors"):
-        w = load_whitening(source)
-        return w, {"file": source, "dim": w.dim}
-    fit_ds = open_data(source, bundle, split="train", seed=select["seed"], bad_images=select["bad_images"])
-    store: list = []
-    with task(f"whitening fit {bundle.spec}", len(fit_ds)) as advance:
-        run_pass(bundle.module, make_loader(fit_ds, batch_size, workers), dev, [embeddings_of(store)], advance)
-    w = fit_whitening(torch.cat([e for e, _ in store]), whiten.get("dim"))
-    info = {"fitted_on": source, "images": len(fit_ds), "dim": w.dim, "method": "L2, PCA-whitening, L2"}
-    if whiten.get("save") is not None:
-        save_whitening(whiten["save"], w, {"model": bundle.spec, **info})
-        info["saved"] = str(whiten["save"])
-    return w, info
-
-
-RETRIEVAL_DEFINITIONS = {
-    "precision_at_1": "fraction of queries whose nearest gallery item (self excluded by index) has their label; "
-    "the DML papers' Recall@1",
-    "recall_at_K": "fraction of queries with at least one same-label item among their K nearest (Song et al. 2016)",
-    "r_precision": "mean over queries of (same-label items among the R_q nearest) / R_q, R_q = same-label gallery "
-    "items (minus the query itself in leave-one-out)",
-    "map_at_r": "mean over queries of (1/R_q) Σ_{i≤R_q} P(i)·rel(i) (Musgrave et al. 2020)",
-    "map": "mean over queries of (1/R_q) Σ_i P(i)·rel(i) over the whole ranking (AccuracyCalculator's "
-    "mean_average_precision with k = all)",
-    "mrr": "mean over queries of 1 / rank of the first same-label item",
-    "nmi_ami": "scikit-learn NMI (arithmetic) and AMI of k-means clusters (as many as query labels, n_init=1, the "
-    "recorded seed) of the query embeddings",
-    "lone_queries_excluded": "queries whose label has no other gallery item: left out of the ranking metrics",
-}
-
-
-def _evaluate_one(
-    bundle: ModelBundle,
-    ds: Any,
-    gallery: Any,
-    families: list[str],
-    dev: torch.device,
-    batch_size: int,
-    workers: int,
-    select: dict[str, Any],
-    *,
-    embed_site: str | None,
-    distance: str,
-    recall_k: list[int],
-    full_map: bool,
-    seed: int,
-    whiten: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One pass of ``bundle`` over ``ds`` (and one over ``gallery``) feeding the requested families."""
-    from .data.specs import make_loader
-    from .metrics.classification import Classification, run_pass
-    from .metrics.retrieval import retrieval_metrics
-    from .metrics.separability import Separability
-    from .models.embed import capture_embeddings, find_embedding
-    from .progress import task
-
-    out: dict[str, Any] = {}
-    consumers = []
-    acc = Classification() if "classification" in families else None
-    if acc is not None:
-        consumers.append(acc.update)
-    retrieval = "retrieval" in families
-    embedded = retrieval or "separability" in families
-    tap = find_embedding(bundle, embed_site) if embedded else None
-    with capture_embeddings(bundle.module, tap) if embedded else contextlib.nullcontext({}) as box:
-
-        def embeddings_of(store: list):
-            return lambda logits, y: store.append((box["embedding"].cpu(), y.cpu()))
-
-        queries: list = []
-        if retrieval:
-            consumers.append(embeddings_of(queries))
-        sep = Separability(torch.bincount(ds.labels)) if "separability" in families else None
-        if sep is not None:
-            consumers.append(lambda logits, y: sep.update(box["embedding"], y))
-        with task(f"evaluate {bundle.spec}", len(ds)) as advance:
-            out |= run_pass(bundle.module, make_loader(ds, batch_size, workers), dev, consumers, advance)
-        if acc is not None:
-            out |= acc.result()
-            out["_paired"] = {"top1": torch.cat(acc.correct)}
-            out["_items"] = torch.cat([y for y in acc.labels])
-        if sep is not None:
-            out["separability"] = {**sep.result(), "embedding": tap.description}
-        if not retrieval:
-            return out
-        gal: list = []
-        if gallery is not None:
-            gds = open_data(gallery, bundle, split="test", **select)
-            with task(f"gallery {bundle.spec}", len(gds)) as advance:
-                run_pass(bundle.module, make_loader(gds, batch_size, workers), dev, [embeddings_of(gal)], advance)
-        white, white_info = None, None
-        if whiten is not None:
-            white, white_info = _whitening(bundle, whiten, dev, batch_size, workers, select, embeddings_of)
-    q_emb, q_lab = torch.cat([e for e, _ in queries]), torch.cat([y for _, y in queries])
-    g_emb = torch.cat([e for e, _ in gal]) if gal else None
-    g_lab = torch.cat([y for _, y in gal]) if gal else None
-    if white is not None:
-        q_emb = white.apply(q_emb)
-        g_emb = white.apply(g_emb) if g_emb is not None else None
-    res = retrieval_metrics(
-        q_emb, q_lab, g_emb, g_lab, recall_k=recall_k, distance=distance, full_map=full_map, seed=seed
-    )
-    if not bool(res.kept.any()):
-        why = (
-            "no query's label occurs in the gallery: query and gallery must share classes"
-            if gallery is not None
-            else "every class has a single image, so no query has a match: retrieval needs ≥ 2 images per class "
-            "(raise --max-per-class or --limit)"
-        )
-        raise BadInputError(why)
-    paired = out.setdefault("_paired", {})
-    paired |= {f"retrieval.{k}": res.per_query[k] for k in ("precision_at_1", "map_at_r")}
-    out["_items"] = torch.cat([q_lab, g_lab]) if g_lab is not None else q_lab
-    out["retrieval"] = {
-        **res.metrics,
-        "embedding": tap.description,
-        "embedding_dim": int(q_emb.shape[1]),
-        "embeddings_bytes": int(q_emb.numel() * 4 + (g_emb.numel() * 4 if g_emb is not None else 0)),
-        "whitening": white_info,
-        **res.protocol,
-    }
-    return out
 
 
 def check_classes(bundle: ModelBundle, ds: Any, allow: bool, labels_vs_outputs: bool = True) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -142,6 +143,8 @@ def evaluate_cmd(
         whiten_dim=whiten_dim,
         save_whitening=save_whitening,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank holds the numbers; rank 0 reports
+        return
     if not STATE["quiet"] and "classification" in doc["metrics"]:
         table = Table(title=f"evaluate on {data} ({doc['device']})", title_justify="left")
         for col in ("model", "weights", "images", "top-1", "top-5", "macro", "NLL", "ECE", "images/s"):
