@@ -499,6 +499,7 @@ def evaluate(
     whiten: Path | str | None = None,
     whiten_dim: int | None = None,
     save_whitening: Path | str | None = None,
+    plot: Path | str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Evaluate each model on ``data``, each fed through its own preprocessing, in one pass per model that
@@ -514,7 +515,8 @@ def evaluate(
     ``whiten``: retrieval embeddings go through L2 → PCA-whitening → L2 (``whiten_dim`` components) fitted
     on this data spec (saved to ``save_whitening``, one model only) or read from a saved ``.safetensors``.
     ``weights``: one entry per model (or None). A checkpoint whose class names differ from the dataset's is
-    refused unless ``allow_class_mismatch``."""
+    refused unless ``allow_class_mismatch``. ``plot``: a folder (made if missing) for Recall@K curves, confusion
+    matrices and maps of the learned operators on a few images."""
     from .metrics.classification import METRIC_DEFINITIONS
     from .metrics.retrieval import DISTANCES
     from .pipeline.evaluate import RETRIEVAL_DEFINITIONS, compare_models, evaluate_one
@@ -543,6 +545,8 @@ def evaluate(
         check_suffix(Path(save_whitening), "whitening files", "--save-whitening")
         check_output(Path(save_whitening))
     whiten_opts = None if whiten is None else {"source": whiten, "dim": whiten_dim, "save": save_whitening}
+    folder = _plot_folder(plot)
+    plots: list[str] = []
     models = list(models)
     weights = list(weights) if weights else [None] * len(models)
     if len(weights) != len(models):
@@ -581,7 +585,18 @@ def evaluate(
             whiten=whiten_opts,
         )
         results.append(record)
+        if folder is not None and int(os.environ.get("RANK", "0")) == 0:
+            from .pipeline import evalplots
+
+            if "confusion" in record:
+                plots.append(str(evalplots.confusion(folder, len(results), record)))
+            few = torch.stack([ds[j][0] for j in range(min(evalplots.IMAGES, len(ds)))])
+            plots += [str(p) for p in evalplots.operator_maps(folder, len(results), bundle, few, dev)]
     comparisons = compare_models(results, seed)
+    if folder is not None and "retrieval" in families and int(os.environ.get("RANK", "0")) == 0:
+        from .pipeline import evalplots
+
+        plots.append(str(evalplots.recall_curves(folder, {"data": str(data), "results": results})))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()  # a live group at interpreter exit can abort the process
@@ -597,8 +612,25 @@ def evaluate(
         "definitions": {**METRIC_DEFINITIONS, **(RETRIEVAL_DEFINITIONS if "retrieval" in families else {})},
         "results": results,
         "comparisons": comparisons,
+        "plots": plots,
         "environment": environment(),
     }
+
+
+def _plot_folder(plot: Path | str | None) -> Path | None:
+    """``--plot DIR``: an existing folder, or one made now inside an existing folder."""
+    if plot is None:
+        return None
+    folder = Path(plot)
+    if folder.exists() and not folder.is_dir():
+        raise BadInputError(f"--plot {quote(folder)} is a file; evaluate writes several pictures: give a folder")
+    if not folder.exists():
+        if not folder.parent.is_dir():
+            raise BadInputError(f"--plot {quote(folder)}: its folder {quote(folder.parent)} does not exist; create it")
+        folder.mkdir()
+    if not os.access(folder, os.W_OK):
+        raise BadInputError(f"--plot {quote(folder)} is not writable; choose another folder")
+    return folder
 
 
 def check_classes(bundle: ModelBundle, ds: Any, allow: bool, labels_vs_outputs: bool = True) -> list[str]:

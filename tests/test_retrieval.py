@@ -4,6 +4,7 @@ the DML definitions) and a float64 brute force, on both protocols, both distance
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,6 +90,9 @@ def test_chunking_and_depth_do_not_change_the_numbers():
     many = retrieval_metrics(x, y, max_bytes=2000, clustering=False)
     top = retrieval_metrics(x, y, full_map=False, clustering=False)  # only the top max(R_q, K) ranked
     assert one.metrics == many.metrics
+    for k in (1, 2, 4, 8):
+        assert one.recall_curve[k] == pytest.approx(one.metrics[f"recall_at_{k}"], abs=1e-12)
+    assert max(one.recall_curve) == 128 and one.recall_curve[128] >= one.recall_curve[64]
     for name in ("precision_at_1", "r_precision", "map_at_r", "recall_at_8"):
         assert top.metrics[name] == one.metrics[name]
     assert "map" not in top.metrics and "mrr" not in top.metrics
@@ -210,3 +214,26 @@ def test_torchrun_two_ranks_give_the_one_process_numbers(cli, tmp_path):
     for key in ("precision_at_1", "map_at_r", "map", "recall_at_4", "nmi"):
         assert two["retrieval"][key] == one["retrieval"][key], key
     assert two["separability"]["eq8_ratio"] == pytest.approx(one["separability"]["eq8_ratio"], rel=1e-12)
+
+
+def test_evaluate_plots(cli, tmp_path):
+    """--plot DIR: Recall@K curves, a confusion matrix per model and the P-pooling α maps of a converted model."""
+    import json
+
+    from .conftest import CNN
+
+    pp = tmp_path / "pp.safetensors"
+    assert cli("convert", CNN, "--swap", "@down2=ppool", "-o", pp)[0] == 0
+    folder = tmp_path / "plots"
+    args = ("evaluate", CNN, pp, "--max-per-class", "8", "--metrics", "classification,retrieval", "--json")
+    code, out, err = cli(*args, "--plot", folder)
+    assert code == 0, err
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted(Path(p).name for p in json.loads(out)["plots"])
+    assert "recall_at_k.png" in names and sum(n.startswith("confusion-") for n in names) == 2
+    assert any(n.startswith("operator-2-") for n in names)
+    assert all((folder / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
+    code, _, err = cli(*args, "--plot", folder / "recall_at_k.png")
+    assert code == 2 and "give a folder" in err
+    code, _, err = cli(*args, "--plot", tmp_path / "no" / "plots")
+    assert code == 2 and "create it" in err

@@ -110,6 +110,14 @@ def evaluate_cmd(
         Optional[Path],
         typer.Option("--save-whitening", metavar="FILE", help="Save the whitening fitted by --whiten (one model)."),
     ] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--plot",
+            metavar="DIR",
+            help="Folder for pictures: Recall@K curves, confusion matrices, learned operators on a few images.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
@@ -142,6 +150,7 @@ def evaluate_cmd(
         whiten=whiten,
         whiten_dim=whiten_dim,
         save_whitening=save_whitening,
+        plot=plot,
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank holds the numbers; rank 0 reports
         return

@@ -43,6 +43,7 @@ BYTES_PER_ENTRY = 4 + 8 + 8 + 1  # a similarity row: the value, its sorted index
 @dataclasses.dataclass
 class RetrievalResult:
     metrics: dict[str, float]  # the means (recall_at_k as ``recall_at_{K}``), nmi, ami
+    recall_curve: dict[int, float]  # Recall@K at K = 1, 2, 4, … up to the ranked depth (at most 1024)
     per_query: dict[str, torch.Tensor]  # float64 [kept queries] per ranking metric: for paired statistics
     kept: torch.Tensor  # bool [queries]: not lone
     protocol: dict
@@ -114,6 +115,8 @@ def retrieval_metrics(
     chunk = chunk_rows(n_g, max_bytes)
     per = {name: [] for name in RANKING_METRICS if full_map or name not in ("map", "mrr")}
     hits = {k: [] for k in ks}
+    curve_ks = [1 << i for i in range(11) if (1 << i) <= need]
+    curve = {k: 0.0 for k in curve_ks}
     rows = kept.nonzero().squeeze(1)
     g_dev = g.to(q.device)
     for start in range(0, len(rows), chunk):
@@ -143,6 +146,8 @@ def retrieval_metrics(
             per["mrr"].append(1.0 / first)
         for k in ks:
             hits[k].append((cum[:, min(k, need) - 1] > 0).double())
+        for k in curve_ks:
+            curve[k] += float((cum[:, k - 1] > 0).sum())
     cat = {name: torch.cat(v) if v else torch.empty(0, dtype=torch.float64) for name, v in per.items()}
     for k in ks:
         cat[f"recall_at_{k}"] = torch.cat(hits[k]) if hits[k] else torch.empty(0, dtype=torch.float64)
@@ -163,7 +168,8 @@ def retrieval_metrics(
         "kmeans": {"library": "scikit-learn", "n_init": 1, "seed": seed} if clustering else None,
         "ties": "broken by gallery index",
     }
-    return RetrievalResult(metrics, cat, kept, protocol)
+    kept_n = max(1, int(kept.sum()))
+    return RetrievalResult(metrics, {k: v / kept_n for k, v in curve.items()}, cat, kept, protocol)
 
 
 def _top(s: torch.Tensor, k: int) -> torch.Tensor:

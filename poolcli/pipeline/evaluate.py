@@ -227,6 +227,7 @@ def evaluate_one(
         "embedding_dim": int(q_emb.shape[1]),
         "embeddings_bytes": int(q_emb.numel() * 4 + (g_emb.numel() * 4 if g_emb is not None else 0)),
         "whitening": white_info,
+        "recall_curve": {str(k): v for k, v in res.recall_curve.items()},
         **res.protocol,
     }
     return out
