@@ -56,7 +56,10 @@ def evaluate_cmd(
     allow_class_mismatch: Annotated[
         bool,
         typer.Option(
-            "--allow-class-mismatch", help="Evaluate a checkpoint on data whose class names differ from its own."
+            "--allow-class-mismatch",
+            "--ignore-class-names",
+            help="Evaluate a checkpoint on data whose class names differ from its own (e.g. retrieval of classes "
+            "it was not trained on).",
         ),
     ] = False,
     metrics: Annotated[
