@@ -100,3 +100,11 @@ def photos(tmp_path_factory) -> Path:
             img.convert("L").save(folder / "grey.jpg")
             img.convert("RGBA").resize((300, 200)).save(folder / "alpha.png")
     return root
+
+
+def torchrun(*args, port: int) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m poolcli ARGS`` on the CPU (one thread per rank), from the repo root."""
+    exe = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    cmd = [exe, "--nproc-per-node", "2", "--master-port", str(port), "-m", "poolcli", *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -17,7 +16,7 @@ from poolcli.models.checkpoint import load_checkpoint
 from poolcli.pipeline.collect import collect_stats, load_stats
 from poolcli.pipeline.poolfile import load_pooling_module
 
-from .conftest import CNN, ROOT, reporting
+from .conftest import CNN, reporting, torchrun
 
 COMMON = ["--site", "@down3", "--data", "digits:train", "--limit", "120", "--batch-size", "16", "--device", "cpu"]
 
@@ -131,29 +130,7 @@ def test_fit_errors(tmp_path, cli):
 def test_torchrun_two_ranks_equal_one_run(tmp_path, cli):
     single = tmp_path / "one.safetensors"
     assert cli("collect", CNN, *COMMON, "-o", single)[0] == 0
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     out = tmp_path / "ddp.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
-    proc = subprocess.run(
-        [
-            torchrun,
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "29517",
-            "-m",
-            "poolcli",
-            "collect",
-            str(CNN),
-            *COMMON,
-            "-o",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = torchrun("collect", CNN, *COMMON, "-o", out, port=29517)
     assert proc.returncode == 0, proc.stderr[-2000:]
     _same(single, out, rtol=1e-6)  # other batch boundaries: mixed precision rounds differently

@@ -183,27 +183,15 @@ def test_torchrun_two_ranks_give_the_one_process_numbers(cli, tmp_path):
     """2 CPU ranks split the images, gather logits and embeddings and replay them in dataset order: every
     metric family equals one process's; rank 0 alone prints the JSON."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    from .conftest import CNN, ROOT
+    from .conftest import CNN, torchrun
 
     args = ["evaluate", str(CNN), "--max-per-class", "15", "--batch-size", "16", "--json"]
     args += ["--metrics", "classification,retrieval,separability", "--device", "cpu"]
     code, out, err = cli(*args)
     assert code == 0, err
     one = json.loads(out)["results"][0]
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
-    proc = subprocess.run(
-        [torchrun, "--nproc-per-node", "2", "--master-port", "29531", "-m", "poolcli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = torchrun(*args, port=29531)
     assert proc.returncode == 0, proc.stderr[-2000:]
     docs = [line for line in proc.stdout.splitlines() if line.startswith("{")] or [proc.stdout]
     two = json.loads(proc.stdout)["results"][0]
