@@ -174,7 +174,7 @@ def test_a_model_without_an_embedding_names_embed_site():
 
     model = nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())  # no Linear head, no global pool
     with pytest.raises(BadInputError, match="--embed-site"):
-        poolcli.api.evaluate(
+        poolcli.evaluate(
             [model], "digits:test", metrics=["retrieval"], max_per_class=5, device="cpu", input_size=(1, 8, 8)
         )
 
@@ -225,3 +225,21 @@ def test_evaluate_plots(cli, tmp_path):
     assert code == 2 and "give a folder" in err
     code, _, err = cli(*args, "--plot", tmp_path / "no" / "plots")
     assert code == 2 and "create it" in err
+
+
+def test_query_and_gallery_with_disjoint_labels_are_refused():
+    from torch.utils.data import TensorDataset
+
+    import poolcli
+    from poolcli.errors import BadInputError
+
+    from .conftest import CNN
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 1, 32, 32, generator=g)
+    queries = TensorDataset(images[:6], torch.tensor([0, 0, 1, 1, 2, 2]))
+    gallery = TensorDataset(images[6:], torch.tensor([3, 3, 4, 4, 5, 5]))
+    with pytest.raises(BadInputError, match="must share classes"):
+        poolcli.evaluate(
+            [CNN], queries, metrics=["retrieval"], gallery=gallery, device="cpu", allow_class_mismatch=True
+        )

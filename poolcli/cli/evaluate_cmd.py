@@ -88,6 +88,10 @@ def evaluate_cmd(
     recall_k: Annotated[
         str, typer.Option("--recall-k", metavar="K,K,...", help="Recall@K cut-offs for retrieval.")
     ] = "1,2,4,8",
+    query: Annotated[
+        Optional[str],
+        typer.Option("--query", metavar="SPEC", help="The query set for --gallery retrieval (the same as --data)."),
+    ] = None,
     gallery: Annotated[
         Optional[str],
         typer.Option(
@@ -130,6 +134,11 @@ def evaluate_cmd(
     --data digits:test --metrics classification,retrieval --json
     """
     from .. import api
+
+    if query is not None:
+        if data != "digits:test" and data != query:
+            raise BadInputError("--query and --data both name the evaluated set: give one of them")
+        data = query
 
     doc = api.evaluate(
         models,
