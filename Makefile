@@ -18,8 +18,8 @@ demo: $(BIN)/.installed
 	$(BIN)/poolcli fit-pooling fixtures/digits-cnn.safetensors --site @down3 --data digits:train --alpha 1 -o $(OUT)/pool.safetensors --plot $(OUT)/maps.png
 	$(BIN)/poolcli convert fixtures/digits-cnn.safetensors --swap @down3=learned:$(OUT)/pool.safetensors -o $(OUT)/learned.safetensors
 	$(BIN)/poolcli finetune $(OUT)/learned.safetensors --data digits:train --val digits:test --epochs 10 --shift 2 -o $(OUT)/learned-ft.safetensors
-	$(BIN)/poolcli evaluate fixtures/digits-cnn.safetensors $(OUT)/learned-ft.safetensors fixtures/digits-resnet.safetensors --data digits:test --json > $(OUT)/report.json
-	@echo "demo: wrote $(OUT)/pool.safetensors, $(OUT)/maps.png, $(OUT)/learned-ft.safetensors, $(OUT)/report.json" >&2
+	$(BIN)/poolcli evaluate fixtures/digits-cnn.safetensors $(OUT)/learned-ft.safetensors fixtures/digits-resnet.safetensors --data digits:test --metrics classification,retrieval,separability --plot $(OUT)/plots --json > $(OUT)/report.json
+	@echo "demo: wrote $(OUT)/pool.safetensors, $(OUT)/maps.png, $(OUT)/learned-ft.safetensors, $(OUT)/report.json, $(OUT)/plots/" >&2
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=10
