@@ -37,7 +37,10 @@ import torch
 
 DISTANCES = ("cosine", "euclidean")
 RANKING_METRICS = ("precision_at_1", "r_precision", "map_at_r", "map", "mrr")
-BYTES_PER_ENTRY = 4 + 8 + 8 + 1  # a similarity row: the value, its sorted index, the cumulative count, the match
+# bytes per (query, gallery item) entry of a chunk at its peak: the similarity (4), the sort's values and
+# indices (4 + 8), the match (1), its cumulative count (8), P(i) and P(i)·rel(i) in float64 (8 + 8), and
+# the temporaries of the last two (measured: 54 per entry at N = 10k)
+BYTES_PER_ENTRY = 56
 
 
 @dataclasses.dataclass
