@@ -92,7 +92,7 @@ def test_chunking_and_depth_do_not_change_the_numbers():
     assert one.metrics == many.metrics
     for k in (1, 2, 4, 8):
         assert one.recall_curve[k] == pytest.approx(one.metrics[f"recall_at_{k}"], abs=1e-12)
-    assert max(one.recall_curve) == 128 and one.recall_curve[128] >= one.recall_curve[64]
+    assert max(one.recall_curve) == 256 and one.recall_curve[256] >= one.recall_curve[128]  # depth 256 = 257 − self
     for name in ("precision_at_1", "r_precision", "map_at_r", "recall_at_8"):
         assert top.metrics[name] == one.metrics[name]
     assert "map" not in top.metrics and "mrr" not in top.metrics
