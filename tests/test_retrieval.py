@@ -150,6 +150,9 @@ def test_evaluate_retrieval_from_the_cli(cli, tmp_path):
     assert code == 0, err
     qg = json.loads(out)["results"][0]["retrieval"]
     assert qg["protocol"] == "query-gallery" and qg["gallery"] == 120 and qg["distance"] == "euclidean"
+    code, out, err = cli(*args, "--metrics", "retrieval", "--ranking", "top")
+    top = json.loads(out)["results"][0]["retrieval"]
+    assert "map" not in top and top["map_at_r"] == ret["map_at_r"] and top["ranking_depth"].startswith("top")
 
 
 def test_evaluate_refuses_what_retrieval_cannot_do(cli):

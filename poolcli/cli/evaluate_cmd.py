@@ -85,6 +85,14 @@ def evaluate_cmd(
         Literal["cosine", "euclidean"],
         typer.Option("--distance", help="Retrieval ranking: cosine of L2-normalised embeddings, or euclidean."),
     ] = "cosine",
+    ranking: Annotated[
+        Literal["full", "top"],
+        typer.Option(
+            "--ranking",
+            help="full: sort every query's whole ranking (adds MAP over all items and MRR); top: only the top "
+            "max(R_q, K) (P@1, R@K, R-precision, MAP@R; faster for large galleries).",
+        ),
+    ] = "full",
     recall_k: Annotated[
         str, typer.Option("--recall-k", metavar="K,K,...", help="Recall@K cut-offs for retrieval.")
     ] = "1,2,4,8",
@@ -159,6 +167,7 @@ def evaluate_cmd(
         distance=distance,
         recall_k=_ints(recall_k, "--recall-k"),
         gallery=gallery,
+        full_map=ranking == "full",
         whiten=whiten,
         whiten_dim=whiten_dim,
         save_whitening=save_whitening,
