@@ -115,7 +115,7 @@ def retrieval_metrics(
     kept = r > 0
     depth = n_g - (1 if loo else 0)  # the whole ranking
     need = depth if full_map else min(depth, max(int(r.max()) if len(r) else 1, ks[-1]))
-    chunk = chunk_rows(n_g, max_bytes)
+    chunk = min(chunk_rows(n_g, max_bytes), max(1, int(kept.sum())))
     per = {name: [] for name in RANKING_METRICS if full_map or name not in ("map", "mrr")}
     hits = {k: [] for k in ks}
     curve_ks = [1 << i for i in range(11) if (1 << i) <= need]
