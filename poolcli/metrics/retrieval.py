@@ -93,6 +93,8 @@ def retrieval_metrics(
     gallery_labels = gallery_labels.long().cpu()
     q = normalise(query) if distance == "cosine" else query.float()
     g = normalise(gallery) if distance == "cosine" else gallery.float()
+    if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(g).all())):
+        raise ValueError("the embeddings hold NaN/inf values: check the model's weights and the images")
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query embeddings have {q.shape[1]} dimensions, gallery ones {g.shape[1]}")
     ks = sorted({int(k) for k in recall_k})
@@ -119,14 +121,16 @@ def retrieval_metrics(
     # every per-chunk array is allocated once and reused (``out=``): chunks of equal size then cost no fresh
     # large blocks, which the C allocator would otherwise keep after freeing (measured: 1.3 GiB peak
     # for a 256 MiB budget at N = 10k before, 0.13 GiB with fixed mmap thresholds)
+    whole = need == depth or full_map
+    width = n_g if whole else need  # the whole ranking keeps the self's column (last, never a match): no slicing
     sims = torch.empty(chunk, n_g, device=g_dev.device)
     sorted_vals, sorted_idx = torch.empty_like(sims), torch.empty(chunk, n_g, dtype=torch.long, device=g_dev.device)
-    lab = torch.empty(chunk, need, dtype=torch.long)
-    hit = torch.empty(chunk, need, dtype=torch.bool)
-    cum = torch.empty(chunk, need, dtype=torch.long)
-    ap = torch.empty(chunk, need, dtype=torch.float64)
-    mask = torch.empty(chunk, need, dtype=torch.bool)
-    ranks = torch.arange(1, need + 1, dtype=torch.float64)
+    lab = torch.empty(chunk, width, dtype=torch.long)
+    hit = torch.empty(chunk, width, dtype=torch.bool)
+    cum = torch.empty(chunk, width, dtype=torch.long)
+    ap = torch.empty(chunk, width, dtype=torch.float64)
+    mask = torch.empty(chunk, width, dtype=torch.bool)
+    ranks = torch.arange(1, width + 1, dtype=torch.float64)
     for start in range(0, len(rows), chunk):
         idx = rows[start : start + chunk]
         c = len(idx)
@@ -136,13 +140,15 @@ def retrieval_metrics(
             s.mul_(2).sub_(g_sq[None, :])
         if loo:
             s[torch.arange(c), idx] = -math.inf  # the query itself, by index: ranked last, then cut
-        if need == n_g or full_map:
+        if whole:
             torch.sort(s, dim=1, descending=True, stable=True, out=(sorted_vals[:c], sorted_idx[:c]))
-            order = sorted_idx[:c, :need]
+            order = sorted_idx[:c]
         else:
             order = _top(s, need)
         torch.take(g_ids, order.cpu(), out=lab[:c])
         m = torch.eq(lab[:c], q_ids[idx][:, None], out=hit[:c])  # rel_q(i)
+        if whole and loo:
+            m[:, -1] = False  # the query itself, ranked last: not part of its ranking
         cu = torch.cumsum(m, 1, dtype=torch.long, out=cum[:c])
         rq = r[idx]
         per["precision_at_1"].append(m[:, 0].double())

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ..errors import BadInputError
+from ..errors import BadInputError, RunError
 from ..models.bundle import ModelBundle
 from .collect import _dist
 
@@ -207,9 +207,12 @@ def evaluate_one(
     if white is not None:
         q_emb = white.apply(q_emb)
         g_emb = white.apply(g_emb) if g_emb is not None else None
-    res = retrieval_metrics(
-        q_emb, q_lab, g_emb, g_lab, recall_k=recall_k, distance=distance, full_map=full_map, seed=seed
-    )
+    try:
+        res = retrieval_metrics(
+            q_emb, q_lab, g_emb, g_lab, recall_k=recall_k, distance=distance, full_map=full_map, seed=seed
+        )
+    except ValueError as e:
+        raise RunError(f"retrieval of {bundle.spec}: {e}") from None
     if not bool(res.kept.any()):
         why = (
             "no query's label occurs in the gallery: query and gallery must share classes"
