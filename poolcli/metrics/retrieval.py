@@ -84,6 +84,9 @@ def retrieval_metrics(
     only the top max(R_q, K) neighbours are ranked). ``max_bytes``: memory of one chunk of similarity rows."""
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, not {distance!r}")
+    from ..runtime import bound_allocator
+
+    bound_allocator()  # the chunks' temporaries go back to the OS, so the budget bounds the peak
     loo = gallery is None
     if loo:
         gallery, gallery_labels = query, query_labels
@@ -124,13 +127,24 @@ def retrieval_metrics(
     whole = need == depth or full_map
     width = n_g if whole else need  # the whole ranking keeps the self's column (last, never a match): no slicing
     sims = torch.empty(chunk, n_g, device=g_dev.device)
-    sorted_vals, sorted_idx = torch.empty_like(sims), torch.empty(chunk, n_g, dtype=torch.long, device=g_dev.device)
+    if whole:
+        sorted_vals = torch.empty_like(sims)
+        sorted_idx = torch.empty(chunk, n_g, dtype=torch.long, device=g_dev.device)
     lab = torch.empty(chunk, width, dtype=torch.long)
     hit = torch.empty(chunk, width, dtype=torch.bool)
     cum = torch.empty(chunk, width, dtype=torch.long)
     ap = torch.empty(chunk, width, dtype=torch.float64)
     mask = torch.empty(chunk, width, dtype=torch.bool)
     ranks = torch.arange(1, width + 1, dtype=torch.float64)
+    top_bufs = (
+        ()
+        if whole
+        else (
+            torch.empty(chunk, need, device=g_dev.device),
+            torch.empty(chunk, need, dtype=torch.long, device=g_dev.device),
+            torch.empty(chunk, n_g, dtype=torch.bool, device=g_dev.device),
+        )
+    )
     for start in range(0, len(rows), chunk):
         idx = rows[start : start + chunk]
         c = len(idx)
@@ -144,7 +158,7 @@ def retrieval_metrics(
             torch.sort(s, dim=1, descending=True, stable=True, out=(sorted_vals[:c], sorted_idx[:c]))
             order = sorted_idx[:c]
         else:
-            order = _top(s, need)
+            order = _top(s, need, top_bufs)
         torch.take(g_ids, order.cpu(), out=lab[:c])
         m = torch.eq(lab[:c], q_ids[idx][:, None], out=hit[:c])  # rel_q(i)
         if whole and loo:
@@ -189,17 +203,18 @@ def retrieval_metrics(
     return RetrievalResult(metrics, {k: v / kept_n for k, v in curve.items()}, cat, kept, protocol)
 
 
-def _top(s: torch.Tensor, k: int) -> torch.Tensor:
+def _top(s: torch.Tensor, k: int, bufs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Indices of the k largest per row, ties by index: topk for the candidates, then a stable sort of
-    the values that reach the k-th one (so equal values keep index order)."""
-    vals = s.topk(k, dim=1).values[:, -1:]  # the k-th largest value per row
-    cand = s >= vals
-    if int(cand.sum(1).max()) == k:  # no tie crosses the cut: sort the k candidates stably
-        idx = cand.nonzero()[:, 1].view(s.shape[0], k)
-        sub = s.gather(1, idx)
-        order = torch.sort(sub, dim=1, descending=True, stable=True).indices
-        return idx.gather(1, order)
-    return torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k]
+    them by value after sorting them by index (so equal values keep index order). ``bufs``: reused arrays
+    (top values [chunk, k], top indices [chunk, k], a mask [chunk, N])."""
+    c = s.shape[0]
+    top_v, top_i, above = bufs
+    v, i = torch.topk(s, k, dim=1, out=(top_v[:c], top_i[:c]))
+    if int(torch.ge(s, v[:, -1:], out=above[:c]).sum(1).max()) == k:  # no tie crosses the cut
+        by_index = torch.sort(i, dim=1).values
+        order = torch.sort(s.gather(1, by_index), dim=1, descending=True, stable=True).indices
+        return by_index.gather(1, order)
+    return torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k].contiguous()  # ties: rare
 
 
 def cluster_scores(embeddings: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, float]:
