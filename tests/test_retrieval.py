@@ -246,3 +246,13 @@ def test_query_and_gallery_with_disjoint_labels_are_refused():
         poolcli.evaluate(
             [CNN], queries, metrics=["retrieval"], gallery=gallery, device="cpu", allow_class_mismatch=True
         )
+
+
+def test_ties_across_the_cut_rank_by_index_in_both_paths():
+    """Many exact duplicates: the top-K path's tie fallback and the whole ranking agree (ties by index)."""
+    x, y = _clustered(n=120, seed=7)
+    x = x.repeat_interleave(4, 0)[:120]  # groups of 4 identical embeddings
+    whole = retrieval_metrics(x, y, clustering=False)
+    top = retrieval_metrics(x, y, full_map=False, clustering=False)
+    for name in ("precision_at_1", "r_precision", "map_at_r", "recall_at_2"):
+        assert top.metrics[name] == whole.metrics[name], name

@@ -42,6 +42,9 @@ RANKING_METRICS = ("precision_at_1", "r_precision", "map_at_r", "map", "mrr")
 # mask (1), and the sort's work space; measured peak RSS rise of the whole-ranking path at N = 10k:
 # 129 MiB for chunks of 2.4M entries with 112 here, i.e. ~56 per entry including the data
 BYTES_PER_ENTRY = 64
+# the top-K path keeps only the similarities (4), a mask (1) and topk's work space per entry (measured
+# peak 0.08 GiB at 10k with 64 here: about 20 per entry)
+BYTES_PER_ENTRY_TOP = 24
 
 
 @dataclasses.dataclass
@@ -61,9 +64,9 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=1)
 
 
-def chunk_rows(gallery_size: int, max_bytes: int) -> int:
+def chunk_rows(gallery_size: int, max_bytes: int, per_entry: int = BYTES_PER_ENTRY) -> int:
     """Queries per chunk so that one chunk's similarity rows and their sort fit ``max_bytes``."""
-    return max(1, min(65536, int(max_bytes) // max(1, gallery_size * BYTES_PER_ENTRY)))
+    return max(1, min(65536, int(max_bytes) // max(1, gallery_size * per_entry)))
 
 
 def retrieval_metrics(
@@ -114,7 +117,9 @@ def retrieval_metrics(
     kept = r > 0
     depth = n_g - (1 if loo else 0)  # the whole ranking
     need = depth if full_map else min(depth, max(int(r.max()) if len(r) else 1, ks[-1]))
-    chunk = min(chunk_rows(n_g, max_bytes), max(1, int(kept.sum())))
+    whole = need == depth or full_map
+    per_entry = BYTES_PER_ENTRY if whole else BYTES_PER_ENTRY_TOP
+    chunk = min(chunk_rows(n_g, max_bytes, per_entry), max(1, int(kept.sum())))
     per = {name: [] for name in RANKING_METRICS if full_map or name not in ("map", "mrr")}
     hits = {k: [] for k in ks}
     curve_ks = [1 << i for i in range(11) if (1 << i) <= need]
@@ -124,7 +129,6 @@ def retrieval_metrics(
     # every per-chunk array is allocated once and reused (``out=``): chunks of equal size then cost no fresh
     # large blocks, which the C allocator would otherwise keep after freeing (measured: 1.3 GiB peak
     # for a 256 MiB budget at N = 10k before, 0.13 GiB with fixed mmap thresholds)
-    whole = need == depth or full_map
     width = n_g if whole else need  # the whole ranking keeps the self's column (last, never a match): no slicing
     sims = torch.empty(chunk, n_g, device=g_dev.device)
     if whole:
@@ -140,9 +144,8 @@ def retrieval_metrics(
         ()
         if whole
         else (
-            torch.empty(chunk, need, device=g_dev.device),
-            torch.empty(chunk, need, dtype=torch.long, device=g_dev.device),
-            torch.empty(chunk, n_g, dtype=torch.bool, device=g_dev.device),
+            torch.empty(chunk, need + 1, device=g_dev.device),
+            torch.empty(chunk, need + 1, dtype=torch.long, device=g_dev.device),
         )
     )
     for start in range(0, len(rows), chunk):
@@ -195,7 +198,7 @@ def retrieval_metrics(
         "lone_queries_excluded": int((~kept).sum()),
         "ranking_depth": "full" if full_map or need == depth else f"top {need}",
         "chunk_queries": chunk,
-        "chunk_bytes": chunk * n_g * BYTES_PER_ENTRY,
+        "chunk_bytes": chunk * n_g * per_entry,
         "kmeans": {"library": "scikit-learn", "n_init": 1, "seed": seed} if clustering else None,
         "ties": "broken by gallery index",
     }
@@ -206,12 +209,12 @@ def retrieval_metrics(
 def _top(s: torch.Tensor, k: int, bufs: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Indices of the k largest per row, ties by index: topk for the candidates, then a stable sort of
     them by value after sorting them by index (so equal values keep index order). ``bufs``: reused arrays
-    (top values [chunk, k], top indices [chunk, k], a mask [chunk, N])."""
+    (top values [chunk, k + 1], top indices [chunk, k + 1])."""
     c = s.shape[0]
-    top_v, top_i, above = bufs
-    v, i = torch.topk(s, k, dim=1, out=(top_v[:c], top_i[:c]))
-    if int(torch.ge(s, v[:, -1:], out=above[:c]).sum(1).max()) == k:  # no tie crosses the cut
-        by_index = torch.sort(i, dim=1).values
+    top_v, top_i = bufs
+    v, i = torch.topk(s, k + 1, dim=1, out=(top_v[:c], top_i[:c]))
+    if bool((v[:, k - 1] > v[:, k]).all()):  # the k-th value beats the next: no tie crosses the cut
+        by_index = torch.sort(i[:, :k], dim=1).values
         order = torch.sort(s.gather(1, by_index), dim=1, descending=True, stable=True).indices
         return by_index.gather(1, order)
     return torch.sort(s, dim=1, descending=True, stable=True).indices[:, :k].contiguous()  # ties: rare
