@@ -545,7 +545,9 @@ def evaluate(
         check_suffix(Path(save_whitening), "whitening files", "--save-whitening")
         check_output(Path(save_whitening))
     whiten_opts = None if whiten is None else {"source": whiten, "dim": whiten_dim, "save": save_whitening}
-    folder = _plot_folder(plot)
+    from .runtime import main_process
+
+    folder = _plot_folder(plot) if main_process() else None  # under torchrun rank 0 draws
     plots: list[str] = []
     models = list(models)
     weights = list(weights) if weights else [None] * len(models)
@@ -585,7 +587,7 @@ def evaluate(
             whiten=whiten_opts,
         )
         results.append(record)
-        if folder is not None and int(os.environ.get("RANK", "0")) == 0:
+        if folder is not None:
             from .pipeline import evalplots
 
             if "confusion" in record:
@@ -593,7 +595,7 @@ def evaluate(
             few = torch.stack([ds[j][0] for j in range(min(evalplots.IMAGES, len(ds)))])
             plots += [str(p) for p in evalplots.operator_maps(folder, len(results), bundle, few, dev)]
     comparisons = compare_models(results, seed)
-    if folder is not None and "retrieval" in families and int(os.environ.get("RANK", "0")) == 0:
+    if folder is not None and "retrieval" in families:
         from .pipeline import evalplots
 
         plots.append(str(evalplots.recall_curves(folder, {"data": str(data), "results": results})))

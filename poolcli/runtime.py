@@ -1,7 +1,8 @@
-"""Device selection and seeding (shared by every command that runs a model)."""
+"""Device selection, seeding and the torchrun process group (shared by every command that runs a model)."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -47,3 +48,20 @@ def bound_allocator(threshold: int = 1 << 20) -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size): under torchrun (``WORLD_SIZE`` > 1) the process group is joined first (nccl with
+    CUDA, else gloo); (0, 1) in a plain process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def main_process() -> bool:
+    """Whether this process writes and reports: rank 0 under torchrun, always in a plain process."""
+    return int(os.environ.get("RANK", "0")) == 0

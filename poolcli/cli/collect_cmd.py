@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -11,6 +10,7 @@ import typer
 from ..errors import BadInputError
 from ..io.atomic import check_output, check_suffix
 from ..pipeline.collect import merge_stats, save_stats
+from ..runtime import main_process
 from .app import app
 from .common import (
     BadImagesOpt,
@@ -102,7 +102,7 @@ def collect_cmd(
     check_output(output)
     check_suffix(output, "statistics files")
     partial = output.with_name(output.name + ".partial")
-    writer = int(os.environ.get("RANK", "0")) == 0  # under torchrun every rank holds the all-reduced sums; one writes
+    writer = main_process()  # under torchrun every rank holds the all-reduced sums; one writes
     stats, meta = api.collect(
         model,
         site,

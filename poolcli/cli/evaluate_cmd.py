@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -173,7 +172,9 @@ def evaluate_cmd(
         save_whitening=save_whitening,
         plot=plot,
     )
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank holds the numbers; rank 0 reports
+    from ..runtime import main_process
+
+    if not main_process():  # under torchrun every rank holds the numbers; rank 0 reports
         return
     if not STATE["quiet"] and "classification" in doc["metrics"]:
         table = Table(title=f"evaluate on {data} ({doc['device']})", title_justify="left")

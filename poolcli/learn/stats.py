@@ -102,14 +102,14 @@ class ScatterStats:
             )
         dev = self.gram.device
         dtype = torch.float32 if self.precision == "mixed" else torch.float64
-        labels = labels.to(dev)
+        labels, on_cpu = labels.to(dev), labels.cpu()
         root = self.weights.to(dev)[labels].sqrt()  # [b] √w_k: the Gram's weights go into both factors
         inv = (1.0 / self.channel_scale).to(dev)[None, :, None] * root[:, None, None]  # [b, C, 1]
         centre = self.channel_mean[:, None] if self.centre is None else self.centre
         # z = √w_k (x − centre)/σ_c, rounded to ``dtype``: [b, C, N], the locations contiguous
         z = torch.sub(maps.detach().to(dev).reshape(b, c, h * w), centre.to(dev, dtype)[None], alpha=1)
         z = z.to(dtype).mul_(inv.to(dtype))
-        self.counts.index_add_(0, labels.cpu(), torch.ones_like(labels.cpu()))
+        self.counts.index_add_(0, on_cpu, torch.ones_like(on_cpu))
         q = self.counts.numel()
         unweight = torch.nn.functional.one_hot(labels, q).to(torch.float64) / root[:, None]  # [b, Q]
         # per-class sums of the batch as one GEMM in ``dtype`` (each sums the few images of one class in the

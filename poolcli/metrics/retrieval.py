@@ -126,9 +126,8 @@ def retrieval_metrics(
     curve = {k: 0.0 for k in curve_ks}
     rows = kept.nonzero().squeeze(1)
     g_dev = g.to(q.device)
-    # every per-chunk array is allocated once and reused (``out=``): chunks of equal size then cost no fresh
-    # large blocks, which the C allocator would otherwise keep after freeing (measured: 1.3 GiB peak
-    # for a 256 MiB budget at N = 10k before, 0.13 GiB with fixed mmap thresholds)
+    # every per-chunk array is allocated once and reused (``out=``): no fresh large blocks per chunk, which
+    # the C allocator would keep after freeing (docs/BENCHMARKS.md, retrieval memory)
     width = n_g if whole else need  # the whole ranking keeps the self's column (last, never a match): no slicing
     sims = torch.empty(chunk, n_g, device=g_dev.device)
     if whole:
@@ -196,7 +195,7 @@ def retrieval_metrics(
         "queries": int(len(query_labels)),
         "gallery": int(n_g),
         "lone_queries_excluded": int((~kept).sum()),
-        "ranking_depth": "full" if full_map or need == depth else f"top {need}",
+        "ranking_depth": "full" if whole else f"top {need}",
         "chunk_queries": chunk,
         "chunk_bytes": chunk * n_g * per_entry,
         "kmeans": {"library": "scikit-learn", "n_init": 1, "seed": seed} if clustering else None,

@@ -31,6 +31,7 @@ from ..learn.stats import PRECISIONS, ScatterStats
 from ..models.bundle import ModelBundle
 from ..models.sites import Site, discover_sites, is_strided_conv
 from ..progress import task
+from ..runtime import init_distributed
 from ..text import quote
 from .fingerprint import dataset_fingerprint, model_fingerprint
 
@@ -178,16 +179,6 @@ def _batches(
         yield _maps(module, x.to(device), box), y
 
 
-def _dist() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _read_partial(path: Path, job: dict[str, Any], key: str, grid: tuple[int, int], batches: int):
     """The partial sums a previous run of this exact job left, as (stats, batches done); refused when any
     part of the job differs or the file does not hold what its manifest says."""
@@ -302,7 +293,7 @@ def collect_stats(
     check_workers(workers)
     module = bundle.module.eval().to(device)
     chosen = resolve_site(bundle, site)
-    rank, world = _dist()
+    rank, world = init_distributed()
     index, count = shard
     if not 0 <= index < count:
         raise BadInputError(f"bad shard {index}/{count}: use i/n with 0 ≤ i < n")

@@ -19,7 +19,7 @@ from torch.utils.data import Subset
 
 from ..errors import BadInputError, RunError
 from ..models.bundle import ModelBundle
-from .collect import _dist
+from ..runtime import init_distributed, main_process
 
 
 def model_pass(
@@ -37,7 +37,7 @@ def model_pass(
     from ..metrics.classification import run_pass
     from ..progress import task
 
-    rank, world = _dist()
+    rank, world = init_distributed()
     if world == 1:
         with task(label, len(ds)) as advance:
             return run_pass(module, make_loader(ds, batch_size, workers), dev, consumers, advance)
@@ -115,7 +115,7 @@ def _whitening(bundle, whiten: dict[str, Any], run, opener, select, embeddings_o
     run(fit_ds, [embeddings_of(store)], f"whitening fit {bundle.spec}")
     w = fit_whitening(torch.cat([e for e, _ in store]), whiten.get("dim"))
     info = {"fitted_on": source, "images": len(fit_ds), "dim": w.dim, "method": "L2, PCA-whitening, L2"}
-    if whiten.get("save") is not None and _dist()[0] == 0:  # under torchrun rank 0 writes
+    if whiten.get("save") is not None and main_process():  # under torchrun rank 0 writes
         save_whitening(whiten["save"], w, {"model": bundle.spec, **info})
         info["saved"] = str(whiten["save"])
     return w, info
