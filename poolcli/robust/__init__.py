@@ -1,0 +1,1 @@
+"""Robustness alterations: common corruptions (``corruptions``), shifted copies (``shift``), ..."""
