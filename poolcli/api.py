@@ -473,7 +473,7 @@ def finetune(
     return bundle, {**doc, **model_record(bundle), "output": str(out) if out else None, "environment": environment()}
 
 
-METRIC_FAMILIES = ("classification", "retrieval", "separability")
+METRIC_FAMILIES = ("classification", "retrieval", "separability", "robustness")
 
 
 def evaluate(
@@ -500,6 +500,13 @@ def evaluate(
     whiten_dim: int | None = None,
     save_whitening: Path | str | None = None,
     plot: Path | str | None = None,
+    corruptions: str | Sequence[str] | None = None,
+    severities: str | Sequence[int] | None = None,
+    perturbations: str | Sequence[str] | None = None,
+    shift: int | str | None = None,
+    shift_passes: int = 5,
+    baseline: Any = None,
+    corruption_table: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Evaluate each model on ``data``, each fed through its own preprocessing, in one pass per model that
@@ -510,7 +517,14 @@ def evaluate(
       (:mod:`poolcli.metrics.retrieval`): the pre-logit features, or ``embed_site``'s output; leave-one-out
       on ``data``, or ``data`` as queries against ``gallery``; ``distance`` cosine or euclidean;
     * ``separability``: seed 001's eq. 8 ratio S_b/S_w and Fisher's tr(S_w⁻¹S_b) of the same embeddings
-      (:mod:`poolcli.metrics.separability`).
+      (:mod:`poolcli.metrics.separability`);
+    * ``robustness``: one pass over ``data`` for all models together (:mod:`poolcli.pipeline.robustness`): each
+      batch corrupted (``corruptions`` at ``severities``, CIFAR-10-C/ImageNet-C tables by image size or
+      ``corruption_table``), turned into perturbation sequences (``perturbations``) and shifted (up to ``shift``
+      pixels, ``shift_passes`` passes) once, and every model sees the same altered pixels: errors, unnormalised
+      and (with ``baseline``: a model spec run in the same pass, a JSON keyed by corruption name, or
+      ``alexnet-imagenet-c``) normalised CE, flip probabilities/rates, top-5 distances, shift consistency.
+      ``data`` may be ``cifar10c:DIR`` / ``cifar10p:DIR`` (the published arrays).
 
     ``whiten``: retrieval embeddings go through L2 → PCA-whitening → L2 (``whiten_dim`` components) fitted
     on this data spec (saved to ``save_whitening``, one model only) or read from a saved ``.safetensors``.
@@ -519,6 +533,7 @@ def evaluate(
     matrices and maps of the learned operators on a few images."""
     from .metrics.classification import METRIC_DEFINITIONS
     from .metrics.retrieval import DISTANCES
+    from .metrics.robustness import DEFINITIONS as ROBUSTNESS_DEFINITIONS
     from .pipeline.evaluate import RETRIEVAL_DEFINITIONS, compare_models, evaluate_one
     from .runtime import resolve_device, seed_everything
 
@@ -559,21 +574,39 @@ def evaluate(
     from .models.spec import is_checkpoint_spec
 
     select = dict(classes=classes, limit=limit, max_per_class=max_per_class, seed=seed, bad_images=bad_images)
+    robust = "robustness" in families
+    others = [f for f in families if f != "robustness"]
+    published = isinstance(data, str) and data.partition(":")[0] in ("cifar10c", "cifar10p")
+    if published and others:
+        raise BadInputError(
+            f"{data.partition(':')[0]}:DIR holds altered images for --metrics robustness only; evaluate "
+            f"{', '.join(others)} on the clean set (e.g. cifar10:PATH)"
+        )
+    robust_opts = (corruptions, severities, perturbations, shift, baseline, corruption_table)
+    if not robust and any(v is not None for v in robust_opts):
+        raise BadInputError(
+            "--corruptions/--severities/--perturbations/--shift/--baseline are for robustness: add --metrics robustness"
+        )
+    bundles = []
     for spec, w in zip(models, weights):
         opts = dict(options, **({"weights": w} if w is not None else {}))
         if isinstance(spec, (str, Path)) and is_checkpoint_spec(str(spec)):
             for key in ("pretrained", "num_classes", "in_chans"):  # these build timm:/tv:/poolcli: architectures
                 opts.pop(key, None)
         bundle = load_model(spec, **opts)
+        bundles.append(bundle)
+        warn_if_random(bundle, "evaluating")
+        if not others:
+            results.append({**model_record(bundle), "notes": []})
+            continue
         ds = open_data(data, bundle, split="test", **select)
         notes = check_classes(bundle, ds, allow_class_mismatch, labels_vs_outputs="classification" in families)
-        warn_if_random(bundle, "evaluating")
         record = {**model_record(bundle), "dataset": getattr(ds, "description", str(data)), "notes": notes}
         record |= evaluate_one(
             bundle,
             ds,
             gallery,
-            families,
+            others,
             dev,
             batch_size,
             workers,
@@ -594,6 +627,32 @@ def evaluate(
                 plots.append(str(evalplots.confusion(folder, len(results), record)))
             few = torch.stack([ds[j][0] for j in range(min(evalplots.IMAGES, len(ds)))])
             plots += [str(p) for p in evalplots.operator_maps(folder, len(results), bundle, few, dev)]
+    robust_doc = None
+    if robust:
+        robust_doc = _robustness(
+            data,
+            models,
+            bundles,
+            results,
+            dev,
+            batch_size,
+            workers,
+            select,
+            allow_class_mismatch,
+            folder,
+            plots,
+            dict(
+                corruptions=corruptions,
+                severities=severities,
+                perturbations=perturbations,
+                shift=shift,
+                shift_passes=shift_passes,
+                table=corruption_table,
+                seed=seed,
+            ),
+            baseline,
+            options,
+        )
     comparisons = compare_models(results, seed)
     if folder is not None and "retrieval" in families:
         from .pipeline import evalplots
@@ -611,7 +670,12 @@ def evaluate(
         "batch_size": batch_size,
         "seed": seed,
         "selection": {"classes": classes, "limit": limit, "max_per_class": max_per_class},
-        "definitions": {**METRIC_DEFINITIONS, **(RETRIEVAL_DEFINITIONS if "retrieval" in families else {})},
+        "definitions": {
+            **METRIC_DEFINITIONS,
+            **(RETRIEVAL_DEFINITIONS if "retrieval" in families else {}),
+            **(ROBUSTNESS_DEFINITIONS if robust else {}),
+        },
+        **({"robustness_protocol": robust_doc} if robust_doc is not None else {}),
         "results": results,
         "comparisons": comparisons,
         "plots": plots,
@@ -633,6 +697,71 @@ def _plot_folder(plot: Path | str | None) -> Path | None:
     if not os.access(folder, os.W_OK):
         raise BadInputError(f"--plot {quote(folder)} is not writable; choose another folder")
     return folder
+
+
+def _robustness(
+    data: Any,
+    specs: list[Any],
+    bundles: list[ModelBundle],
+    results: list[dict[str, Any]],
+    dev: torch.device,
+    batch_size: int,
+    workers: int,
+    select: dict[str, Any],
+    allow_class_mismatch: bool,
+    folder: Path | None,
+    plots: list[str],
+    plan_options: dict[str, Any],
+    baseline: Any,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """evaluate's robustness family: every model (and a baseline model) in one pass; fills each result's
+    ``robustness`` block and paired vectors, returns the protocol."""
+    from .metrics.robustness import BUILTIN_BASELINES, load_baseline
+    from .models.spec import is_checkpoint_spec
+    from .pipeline import robustness as R
+    from .robust import corruptions as C
+    from .robust import perturbations as P
+
+    plan = R.make_plan(data, bundles[0], **plan_options)
+    runners = list(bundles)
+    base_file, base_model = None, None
+    if baseline is not None:
+        text = str(baseline)
+        if text in BUILTIN_BASELINES or text.endswith(".json"):
+            base_file = load_baseline(text, C.CORRUPTIONS + tuple(C.LEFT_OUT), P.PERTURBATIONS + tuple(P.LEFT_OUT))
+        else:
+            index = next((i for i, s in enumerate(specs) if str(s) == text), None)
+            if index is None:
+                opts = dict(options)
+                if is_checkpoint_spec(text):
+                    for key in ("pretrained", "num_classes", "in_chans"):
+                        opts.pop(key, None)
+                runners.append(load_model(text, **opts))
+                index = len(runners) - 1
+                results.append({**model_record(runners[-1]), "notes": []})
+            base_model = (index, runners[index].spec)
+    ds, info = R.open_pixels(data, bundles[0], plan, select)
+    for b, res in zip(runners, results):
+        res["notes"] = list(dict.fromkeys(res["notes"] + check_classes(b, ds, allow_class_mismatch)))
+        res.setdefault("dataset", getattr(ds, "description", str(data)))
+    records, extra = R.run(runners, ds, plan, dev, batch_size, workers, examples=folder is not None)
+    summaries = R.summarise(plan, records, base_file, base_model)
+    cost = R.cost_per_image(extra, len(ds), plan)
+    for i, (res, summary) in enumerate(zip(results, summaries)):
+        res["robustness"] = {**summary["robustness"], "forward_ms_per_image": cost["forward_ms_per_image"][i]}
+        res.setdefault("_paired", {}).update(summary["_paired"])
+        res.setdefault("_items", summary["_items"])
+        if base_model is not None and i == base_model[0]:
+            res["role"] = "baseline"
+    proto = R.protocol(plan, info, plan_options["seed"], batch_size)
+    proto["baseline"] = base_file["source"] if base_file else (base_model[1] if base_model else None)
+    proto["cost"] = {k: v for k, v in cost.items() if k != "forward_ms_per_image"}
+    if folder is not None:
+        from .pipeline import evalplots
+
+        plots += [str(p) for p in evalplots.robustness(folder, results, plan, extra["examples"])]
+    return proto
 
 
 def check_classes(bundle: ModelBundle, ds: Any, allow: bool, labels_vs_outputs: bool = True) -> list[str]:

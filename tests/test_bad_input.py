@@ -167,6 +167,24 @@ def h(tmp_path_factory):
         mutate(m)
         _raw_write(h / f"{name}.safetensors", t, m)
     (h / "junk.pt").write_text("hello world")
+    # robustness: baselines and published arrays that are broken in one way each
+    (h / "baseline-bad.json").write_text('{"corruptions": {"gausian_noise": 0.5}}')
+    (h / "baseline-junk.json").write_text("not json at all")
+    import numpy as np
+
+    for name, labels, arr in (
+        ("c10c-float", np.zeros(10, np.uint8), np.zeros((10, 8, 8, 3), np.float32)),
+        ("c10c-count", np.zeros(10, np.uint8), np.zeros((15, 8, 8, 3), np.uint8)),
+        ("c10c-tiling", np.arange(10, dtype=np.uint8), np.zeros((10, 8, 8, 3), np.uint8)),
+        ("c10c-good", np.zeros(10, np.uint8), np.zeros((10, 8, 8, 3), np.uint8)),
+    ):
+        (h / name).mkdir()
+        np.save(h / name / "labels.npy", labels)
+        np.save(h / name / "contrast.npy", arr)
+    (h / "c10c-empty").mkdir()
+    np.save(h / "c10c-empty" / "labels.npy", np.zeros(10, np.uint8))
+    (h / "c10p-one-frame").mkdir()
+    np.save(h / "c10p-one-frame" / "translate.npy", np.zeros((4, 1, 8, 8, 3), np.uint8))
     (h / "truncated-pickle.pt").write_bytes(b"\x80\x02}q\x00(X")
     pool = h / "pool.safetensors"
     from poolcli.cli.app import main
@@ -220,6 +238,7 @@ FIT = ["fit-pooling", "--stats", "{H}/stats.safetensors"]
 COL = ["collect", C, "--site", "@down3", "-o", "{O}/prev.safetensors"]
 FT = ["finetune", C, "--epochs", "1", "--limit", "64", "-o", "{O}/prev.safetensors"]
 EV = ["evaluate", C, "--data"]
+RB = ["--metrics", "robustness", "--max-per-class", "1"]
 
 # (id, argv, exit code, a fragment the one line must contain)
 CASES = [
@@ -401,6 +420,49 @@ CASES = [
         "--dim",
     ),
     ("whiten-without-retrieval", [*EV, "digits:test", "--whiten", "digits:train"], 2, "--metrics retrieval"),
+    # --- evaluate --metrics robustness
+    ("corruptions-without-robustness", [*EV, "digits:test", "--corruptions", "contrast"], 2, "--metrics robustness"),
+    ("corruption-unknown", [*EV, "digits:test", *RB, "--corruptions", "gaussian_blurr"], 2, "unknown name"),
+    ("corruption-left-out", [*EV, "digits:test", *RB, "--corruptions", "frost"], 2, "frost is not generated"),
+    ("corruption-needs-colour", [*EV, "digits:test", *RB, "--corruptions", "saturate"], 2, "needs colour"),
+    ("severity-zero", [*EV, "digits:test", *RB, "--severities", "0-3"], 2, "--severities"),
+    ("severity-six", [*EV, "digits:test", *RB, "--severities", "6"], 2, "--severities"),
+    ("severity-text", [*EV, "digits:test", *RB, "--severities", "high"], 2, "--severities"),
+    ("perturbation-unknown", [*EV, "digits:test", *RB, "--perturbations", "wobble"], 2, "unknown name"),
+    ("shift-zero", [*EV, "digits:test", *RB, "--shift", "0"], 2, "--shift"),
+    ("shift-huge", [*EV, "digits:test", *RB, "--shift", "500"], 2, "--shift"),
+    ("shift-text", [*EV, "digits:test", *RB, "--shift", "lots"], 2, "--shift"),
+    ("shift-passes-zero", [*EV, "digits:test", *RB, "--shift-passes", "0"], 2, "--shift-passes"),
+    (
+        "robustness-nothing",
+        [
+            *EV,
+            "digits:test",
+            "--metrics",
+            "robustness",
+            "--corruptions",
+            "none",
+            "--perturbations",
+            "none",
+            "--shift",
+            "none",
+        ],
+        2,
+        "nothing to measure",
+    ),
+    ("baseline-missing", [*EV, "digits:test", *RB, "--baseline", "{H}/nope.json"], 2, "not a file"),
+    ("baseline-not-json", [*EV, "digits:test", *RB, "--baseline", "{H}/baseline-junk.json"], 2, "not JSON"),
+    ("baseline-unknown-name", [*EV, "digits:test", *RB, "--baseline", "{H}/baseline-bad.json"], 2, "gausian_noise"),
+    ("baseline-model-missing", [*EV, "digits:test", *RB, "--baseline", "{H}/nope.safetensors"], 2, "not found"),
+    ("cifar10c-classification", [*EV, "cifar10c:{H}/c10c-float"], 2, "robustness only"),
+    ("cifar10c-missing", [*EV, "cifar10c:{H}/nope", "--metrics", "robustness"], 2, "folder not found"),
+    ("cifar10c-float", [*EV, "cifar10c:{H}/c10c-float", "--metrics", "robustness"], 2, "uint8"),
+    ("cifar10c-count", [*EV, "cifar10c:{H}/c10c-count", "--metrics", "robustness"], 2, "holds 15 images"),
+    ("cifar10c-tiling", [*EV, "cifar10c:{H}/c10c-tiling", "--metrics", "robustness"], 2, "different labels"),
+    ("cifar10c-empty", [*EV, "cifar10c:{H}/c10c-empty", "--metrics", "robustness"], 2, "no <corruption>.npy"),
+    ("cifar10c-perturbations", [*EV, "cifar10c:{H}/c10c-good", *RB, "--perturbations", "translate"], 2, "clean images"),
+    ("cifar10c-shift", [*EV, "cifar10c:{H}/c10c-good", *RB, "--shift", "2"], 2, "--shift none"),
+    ("cifar10p-one-frame", [*EV, "cifar10p:{H}/c10p-one-frame", "--metrics", "robustness"], 2, "≥ 2"),
     (
         "save-whitening-pt",
         [*EV, "digits:test", "--metrics", "retrieval", "--whiten", "digits:train", "--save-whitening", "{O}/w.pt"],

@@ -1,4 +1,4 @@
-"""poolcli evaluate: classification and retrieval metrics of one or more models on a dataset."""
+"""poolcli evaluate: classification, retrieval, separability and robustness metrics of one or more models."""
 
 from __future__ import annotations
 
@@ -132,6 +132,54 @@ def evaluate_cmd(
             help="Folder for pictures: Recall@K curves, confusion matrices, learned operators on a few images.",
         ),
     ] = None,
+    corruptions: Annotated[
+        Optional[str],
+        typer.Option(
+            "--corruptions",
+            metavar="NAMES",
+            help="robustness: corruptions to generate (comma list, all, none); default the CIFAR-10-C/ImageNet-C "
+            "benchmark ones that can be made here.",
+        ),
+    ] = None,
+    severities: Annotated[
+        Optional[str], typer.Option("--severities", metavar="S", help="robustness: severities, e.g. 1-5 or 1,3,5.")
+    ] = None,
+    perturbations: Annotated[
+        Optional[str],
+        typer.Option(
+            "--perturbations",
+            metavar="NAMES",
+            help="robustness: perturbation sequences (comma list, all, none); default the CIFAR-10-P evaluation's.",
+        ),
+    ] = None,
+    shift: Annotated[
+        Optional[str],
+        typer.Option(
+            "--shift",
+            metavar="S|none",
+            help="robustness: shift consistency with shifts up to S pixels (default 4 for small images, 16 for "
+            "large: Zhang's 256→224 crops), or none.",
+        ),
+    ] = None,
+    shift_passes: Annotated[
+        int, typer.Option("--shift-passes", metavar="N", help="robustness: passes of random shift pairs (Zhang: 5).")
+    ] = 5,
+    baseline: Annotated[
+        Optional[str],
+        typer.Option(
+            "--baseline",
+            metavar="MODEL|FILE",
+            help="robustness: normalise CE and flip rates by this model (run in the same pass), a JSON keyed by "
+            "corruption name (or an earlier --json report), or alexnet-imagenet-c.",
+        ),
+    ] = None,
+    corruption_table: Annotated[
+        Literal["auto", "cifar", "imagenet"],
+        typer.Option(
+            "--corruption-table",
+            help="robustness: published severity parameters: cifar (32 px), imagenet (224 px), or auto by image size.",
+        ),
+    ] = "auto",
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
@@ -171,6 +219,13 @@ def evaluate_cmd(
         whiten_dim=whiten_dim,
         save_whitening=save_whitening,
         plot=plot,
+        corruptions=corruptions,
+        severities=severities,
+        perturbations=perturbations,
+        shift=shift,
+        shift_passes=shift_passes,
+        baseline=baseline,
+        corruption_table=None if corruption_table == "auto" else corruption_table,
     )
     from ..runtime import main_process
 
@@ -197,6 +252,8 @@ def evaluate_cmd(
         _retrieval_table(doc, data)
     if not STATE["quiet"] and "separability" in doc["metrics"]:
         _separability_table(doc, data)
+    if not STATE["quiet"] and "robustness" in doc["metrics"]:
+        _robustness_tables(doc, data)
     if not STATE["quiet"] and doc["comparisons"]:
         _paired_table(doc)
     if not STATE["quiet"]:
@@ -277,3 +334,61 @@ def _separability_table(doc: dict, data: str) -> None:
             f"{s['lda_trace']:.4g}" if s["lda_trace"] is not None else f"- ({s['lda_undefined']})",
         )
     console().print(table)
+
+
+def _robustness_tables(doc: dict, data: str) -> None:
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    proto = doc["robustness_protocol"]
+    results = doc["results"]
+    label = lambda r: r["model"] + (" (baseline)" if r.get("role") == "baseline" else "")  # noqa: E731
+    first = results[0]["robustness"]
+    if "corruptions" in first:
+        names = list(first["corruptions"]["errors"])
+        title = f"corruption error on {data} ({proto['table']} table, severities {proto['severities']}); values in %"
+        table = Table(title=title, title_justify="left")
+        for col in ("model", "clean", *names, "mean", "mCE", "rel. mCE"):
+            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+        for r in results:
+            c = r["robustness"]["corruptions"]
+            table.add_row(
+                label(r),
+                pct(c["clean_error"]),
+                *(pct(c["unnormalized_ce"][n]) for n in names),
+                pct(c["unnormalized_mce"]),
+                pct(c.get("mce")),
+                pct(c.get("relative_mce")),
+            )
+        console().print(table)
+    if "perturbations" in first:
+        names = list(first["perturbations"]["flip_probability"])
+        table = Table(title=f"flip probability on {data} (%); mT5D: mean top-5 distance", title_justify="left")
+        for col in ("model", *names, "mean FP", "mFR", "mT5D"):
+            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+        for r in results:
+            p = r["robustness"]["perturbations"]
+            table.add_row(
+                label(r),
+                *(pct(p["flip_probability"][n]) for n in names),
+                pct(p["mean_flip_probability"]),
+                num(p.get("mfr")),
+                num(p["mean_top5_distance"]),
+            )
+        console().print(table)
+    if "shift" in first:
+        sh = proto["shift"]
+        title = (
+            f"shift consistency on {data} ({sh['protocol']}-image protocol, shifts up to {sh['max_shift']} px, "
+            f"{sh['passes']} passes)"
+        )
+        table = Table(title=title, title_justify="left")
+        for col in ("model", "consistency", "acc. at 0", "worst diag. acc.", "best diag. acc."):
+            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+        for r in results:
+            s = r["robustness"]["shift"]
+            acc = s["diagonal_accuracy"]
+            zero = s["diagonal_shift"].index(0)
+            table.add_row(label(r), pct(s["consistency"]), pct(acc[zero]), pct(min(acc)), pct(max(acc)))
+        console().print(table)
+    if proto.get("left_out"):
+        console().print("left out: " + "; ".join(f"{k} ({v})" for k, v in proto["left_out"].items()))

@@ -123,14 +123,17 @@ class Preprocess:
     def __call__(self, img: Any) -> torch.Tensor:
         if not isinstance(img, torch.Tensor):
             return self.photo(img)
-        x = adapt_channels(to_float(img), self.input_size[0])
+        return self.from_pixels(to_float(img).unsqueeze(0)).squeeze(0)
+
+    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Float pixels in [0, 1], [B, C, H, W] on any device → model inputs: channels adapted, the whole image
+        resized to the input size (bilinear, antialiased when shrinking), normalised (the array path)."""
+        x = adapt_channels(x, self.input_size[0])
         h, w = self.input_size[1:]
         if tuple(x.shape[-2:]) != (h, w):
             shrink = x.shape[-2] > h or x.shape[-1] > w
-            x = F.interpolate(
-                x.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False, antialias=shrink
-            ).squeeze(0)
-        return (x - self.mean) / self.std
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def photo(self, img: Any) -> torch.Tensor:
         """A PIL image through the library transform; exactly the library's output for 3-channel models."""

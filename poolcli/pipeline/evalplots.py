@@ -1,6 +1,6 @@
-"""evaluate --plot DIR: Recall@K curves, confusion matrices, and what the learned operators of each model
-do on a few images (P-pooling's α map, GSP's selection weights t over the feature map, the learned
-pooling's top maps). PNG files written atomically; names say what they show."""
+"""evaluate --plot DIR: Recall@K curves, confusion matrices, robustness curves and example grids, and what the
+learned operators of each model do on a few images (P-pooling's α map, GSP's selection weights t over the feature
+map, the learned pooling's top maps). PNG files written atomically; names say what they show."""
 
 from __future__ import annotations
 
@@ -135,4 +135,107 @@ def operator_maps(folder: Path, index: int, bundle, images: torch.Tensor, device
         path = folder / f"operator-{index}-{_slug(bundle.spec)}-{_slug(name)}.png"
         _save(fig, path)
         paths.append(path)
+    return paths
+
+
+def _picture(ax, x: torch.Tensor) -> None:
+    """An image [C, H, W] in [0, 1] (grey when C = 1)."""
+    img = x.detach().float().cpu().clamp(0, 1)
+    if img.shape[0] == 1:
+        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img[:3].permute(1, 2, 0).numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def robustness(folder: Path, results: list[dict[str, Any]], plan, examples: dict[str, Any]) -> list[Path]:
+    """Error vs severity per corruption for each model, flip probability per perturbation, accuracy vs diagonal
+    shift, and example grids of what was done (the first image of the pass at every corruption and severity, the
+    frames of every perturbation sequence)."""
+    plt = _plt()
+    paths: list[Path] = []
+    names = [Path(r["model"]).name + (" (baseline)" if r.get("role") == "baseline" else "") for r in results]
+    blocks = [r["robustness"] for r in results]
+    if plan.corruptions:
+        cols = min(5, len(plan.corruptions))
+        rows = -(-len(plan.corruptions) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.0 * rows), squeeze=False, sharey=True)
+        for k, c in enumerate(plan.corruptions):
+            ax = axes[k // cols][k % cols]
+            for name, b in zip(names, blocks):
+                sev = [0, *plan.severities] if b["clean_error"] is not None else list(plan.severities)
+                err = [b["clean_error"]] if b["clean_error"] is not None else []
+                err += [b["corruptions"]["errors"][c][str(s)] for s in plan.severities]
+                ax.plot(sev, [100 * e for e in err], marker="o", ms=3, label=name)
+            ax.set_title(c, fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+        for k in range(len(plan.corruptions), rows * cols):
+            axes[k // cols][k % cols].axis("off")
+        axes[0][0].set_ylabel("top-1 error (%)", fontsize=8)
+        axes[0][0].legend(fontsize=6)
+        fig.suptitle("error vs severity (0 = clean)", fontsize=9)
+        fig.tight_layout()
+        paths.append(folder / "robustness-errors.png")
+        _save(fig, paths[-1])
+    if plan.perturbations:
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(plan.perturbations) * len(results)), 3.4))
+        width = 0.8 / len(results)
+        for m, (name, b) in enumerate(zip(names, blocks)):
+            fp = b["perturbations"]["flip_probability"]
+            xs = [i + m * width for i in range(len(plan.perturbations))]
+            ax.bar(xs, [100 * fp[p] for p in plan.perturbations], width=width, label=name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(plan.perturbations))])
+        ax.set_xticklabels(plan.perturbations, rotation=40, ha="right", fontsize=7)
+        ax.set_ylabel("flip probability (%)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        paths.append(folder / "robustness-flips.png")
+        _save(fig, paths[-1])
+    if plan.shift is not None:
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for name, b in zip(names, blocks):
+            sh = b["shift"]
+            ax.plot(sh["diagonal_shift"], [100 * v for v in sh["diagonal_accuracy"]], marker=".", label=name)
+        ax.set_xlabel("diagonal shift (pixels)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"accuracy vs diagonal shift ({plan.shift_protocol}-image protocol)", fontsize=9)
+        fig.tight_layout()
+        paths.append(folder / "robustness-shift.png")
+        _save(fig, paths[-1])
+    shown = examples.get("corruptions") or {}
+    if shown:
+        sevs = sorted({s for row in shown.values() for s in row})
+        fig, axes = plt.subplots(len(shown), len(sevs), figsize=(1.2 * len(sevs), 1.2 * len(shown)), squeeze=False)
+        for i, (c, row) in enumerate(shown.items()):
+            for j, s in enumerate(sevs):
+                ax = axes[i][j]
+                if s in row:
+                    _picture(ax, row[s])
+                else:
+                    ax.axis("off")
+                if i == 0:
+                    ax.set_title("clean" if s == 0 else f"severity {s}", fontsize=6)
+            axes[i][0].set_ylabel(c, fontsize=6, rotation=0, ha="right", va="center")
+        fig.tight_layout()
+        paths.append(folder / "robustness-corruption-examples.png")
+        _save(fig, paths[-1])
+    seqs = examples.get("perturbations") or {}
+    if seqs:
+        most = max(s.shape[0] for s in seqs.values())
+        cols = min(8, most)
+        fig, axes = plt.subplots(len(seqs), cols, figsize=(1.2 * cols, 1.2 * len(seqs)), squeeze=False)
+        for i, (p, seq) in enumerate(seqs.items()):
+            picks = torch.linspace(0, seq.shape[0] - 1, cols).round().long().tolist()
+            for j, t in enumerate(picks):
+                _picture(axes[i][j], seq[t])
+                axes[i][j].set_title(f"frame {t}", fontsize=5)
+            axes[i][0].set_ylabel(p, fontsize=6, rotation=0, ha="right", va="center")
+        fig.tight_layout()
+        paths.append(folder / "robustness-sequence-examples.png")
+        _save(fig, paths[-1])
     return paths
