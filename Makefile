@@ -19,7 +19,8 @@ demo: $(BIN)/.installed
 	$(BIN)/poolcli convert fixtures/digits-cnn.safetensors --swap @down3=learned:$(OUT)/pool.safetensors -o $(OUT)/learned.safetensors
 	$(BIN)/poolcli finetune $(OUT)/learned.safetensors --data digits:train --val digits:test --epochs 10 --shift 2 -o $(OUT)/learned-ft.safetensors
 	$(BIN)/poolcli evaluate fixtures/digits-cnn.safetensors $(OUT)/learned-ft.safetensors fixtures/digits-resnet.safetensors --data digits:test --metrics classification,retrieval,separability --plot $(OUT)/plots --json > $(OUT)/report.json
-	@echo "demo: wrote $(OUT)/pool.safetensors, $(OUT)/maps.png, $(OUT)/learned-ft.safetensors, $(OUT)/report.json, $(OUT)/plots/" >&2
+	$(BIN)/poolcli evaluate $(OUT)/learned-ft.safetensors --baseline fixtures/digits-cnn.safetensors --data digits:test --metrics robustness --max-per-class 10 --severities 1,3,5 --perturbations translate,rotate,gaussian_noise --plot $(OUT)/plots --json > $(OUT)/robustness.json
+	@echo "demo: wrote $(OUT)/pool.safetensors, $(OUT)/maps.png, $(OUT)/learned-ft.safetensors, $(OUT)/report.json, $(OUT)/robustness.json, $(OUT)/plots/" >&2
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=10

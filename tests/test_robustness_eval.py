@@ -262,3 +262,31 @@ def test_torchrun_gives_the_one_process_numbers(cli, tmp_path):
     assert [c["robustness.corruption_accuracy"]["difference"] for c in one["comparisons"]] == [
         c["robustness.corruption_accuracy"]["difference"] for c in two["comparisons"]
     ]
+
+
+@pytest.mark.filterwarnings("ignore:.*random weights")
+def test_large_photos_use_the_imagenet_table_and_zhang_crops(photos):
+    """Photos at a large input size: the ImageNet table, Zhang's two-crop protocol on a (H+2S)² canvas (resize
+    to H+2S, centre crop), and the models see the photo through their own library transform's geometry."""
+    doc = api.evaluate(
+        ["timm:resnet10t"],
+        f"folder:{photos}:val",
+        metrics=["robustness"],
+        input_size="3x96x96",
+        num_classes=2,
+        allow_class_mismatch=True,
+        device="cpu",
+        corruptions="contrast,glass_blur,jpeg_compression",
+        severities="1,3",
+        perturbations="translate",
+        shift=4,
+        shift_passes=1,
+    )
+    proto = doc["robustness_protocol"]
+    assert proto["table"] == "imagenet" and proto["shift"]["protocol"] == "large"
+    assert proto["shift_canvas"]["input_size"] == [3, 104, 104] and proto["shift_canvas"]["crop_pct"] == 1.0
+    assert proto["pixels"]["input_size"] == [3, 96, 96] and proto["pixels"]["mean"] is None
+    r = doc["results"][0]["robustness"]
+    assert r["images"] == 12 and r["shift"]["diagonal_shift"] == list(range(9))
+    assert 0 <= r["shift"]["consistency"] <= 1
+    assert proto["perturbation_parameters"]["translate"]  # the ImageNet-P parameters recorded

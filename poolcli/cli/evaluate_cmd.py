@@ -337,58 +337,54 @@ def _separability_table(doc: dict, data: str) -> None:
 
 
 def _robustness_tables(doc: dict, data: str) -> None:
+    """One column per model (corruptions and perturbations are the rows: there are more of them)."""
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
     num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     proto = doc["robustness_protocol"]
     results = doc["results"]
-    label = lambda r: r["model"] + (" (baseline)" if r.get("role") == "baseline" else "")  # noqa: E731
-    first = results[0]["robustness"]
-    if "corruptions" in first:
-        names = list(first["corruptions"]["errors"])
-        title = f"corruption error on {data} ({proto['table']} table, severities {proto['severities']}); values in %"
-        table = Table(title=title, title_justify="left")
-        for col in ("model", "clean", *names, "mean", "mCE", "rel. mCE"):
-            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
-        for r in results:
-            c = r["robustness"]["corruptions"]
-            table.add_row(
-                label(r),
-                pct(c["clean_error"]),
-                *(pct(c["unnormalized_ce"][n]) for n in names),
-                pct(c["unnormalized_mce"]),
-                pct(c.get("mce")),
-                pct(c.get("relative_mce")),
-            )
-        console().print(table)
-    if "perturbations" in first:
-        names = list(first["perturbations"]["flip_probability"])
-        table = Table(title=f"flip probability on {data} (%); mT5D: mean top-5 distance", title_justify="left")
-        for col in ("model", *names, "mean FP", "mFR", "mT5D"):
-            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
-        for r in results:
-            p = r["robustness"]["perturbations"]
-            table.add_row(
-                label(r),
-                *(pct(p["flip_probability"][n]) for n in names),
-                pct(p["mean_flip_probability"]),
-                num(p.get("mfr")),
-                num(p["mean_top5_distance"]),
-            )
-        console().print(table)
-    if "shift" in first:
+    heads = [Path(r["model"]).name + (" (baseline)" if r.get("role") == "baseline" else "") for r in results]
+    blocks = [r["robustness"] for r in results]
+
+    def table(title: str, rows: list[tuple[str, list[str]]]) -> None:
+        t = Table(title=title, title_justify="left")
+        t.add_column("", justify="left", no_wrap=True)
+        for h in heads:
+            t.add_column(h, justify="right")
+        for name, cells in rows:
+            t.add_row(name, *cells)
+        console().print(t)
+
+    if "corruptions" in blocks[0]:
+        cs = [b["corruptions"] for b in blocks]
+        rows = [("clean", [pct(c["clean_error"]) for c in cs])]
+        rows += [(n, [pct(c["unnormalized_ce"][n]) for c in cs]) for n in cs[0]["unnormalized_ce"]]
+        rows.append(("mean (unnormalised mCE)", [pct(c["unnormalized_mce"]) for c in cs]))
+        if "mce" in cs[0]:
+            rows.append((f"mCE vs {Path(cs[0]['baseline']).name}", [pct(c["mce"]) for c in cs]))
+            rows.append(("relative mCE", [pct(c["relative_mce"]) for c in cs]))
+        sev = ",".join(str(s) for s in proto["severities"])
+        table(f"corruption error on {data}, % ({proto['table']} table, mean over severities {sev})", rows)
+    if "perturbations" in blocks[0]:
+        ps = [b["perturbations"] for b in blocks]
+        rows = [(n, [pct(p["flip_probability"][n]) for p in ps]) for n in ps[0]["flip_probability"]]
+        rows.append(("mean flip probability", [pct(p["mean_flip_probability"]) for p in ps]))
+        if "mfr" in ps[0]:
+            rows.append(("mFR (flip rate vs baseline)", [num(p["mfr"]) for p in ps]))
+        rows.append(("mT5D (mean top-5 distance)", [num(p["mean_top5_distance"]) for p in ps]))
+        table(f"flip probability on {data}, %", rows)
+    if "shift" in blocks[0]:
         sh = proto["shift"]
+        ss = [b["shift"] for b in blocks]
+        zero = ss[0]["diagonal_shift"].index(0)
+        rows = [
+            ("consistency", [pct(s["consistency"]) for s in ss]),
+            ("accuracy, no shift", [pct(s["diagonal_accuracy"][zero]) for s in ss]),
+            ("worst diagonal shift accuracy", [pct(min(s["diagonal_accuracy"])) for s in ss]),
+        ]
         title = (
-            f"shift consistency on {data} ({sh['protocol']}-image protocol, shifts up to {sh['max_shift']} px, "
+            f"shift consistency on {data}, % ({sh['protocol']}-image protocol, shifts up to {sh['max_shift']} px, "
             f"{sh['passes']} passes)"
         )
-        table = Table(title=title, title_justify="left")
-        for col in ("model", "consistency", "acc. at 0", "worst diag. acc.", "best diag. acc."):
-            table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
-        for r in results:
-            s = r["robustness"]["shift"]
-            acc = s["diagonal_accuracy"]
-            zero = s["diagonal_shift"].index(0)
-            table.add_row(label(r), pct(s["consistency"]), pct(acc[zero]), pct(min(acc)), pct(max(acc)))
-        console().print(table)
+        table(title, rows)
     if proto.get("left_out"):
         console().print("left out: " + "; ".join(f"{k} ({v})" for k, v in proto["left_out"].items()))
