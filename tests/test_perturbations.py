@@ -440,3 +440,13 @@ def test_full_size_imagenet_sequences(name):
     assert out.shape == (2, P.frames(name, "imagenet"), 3, 224, 224)
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     torch.testing.assert_close(P.sequence(name, x[1:], [4], "imagenet"), out[1:], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("table", ["cifar", "imagenet"])
+def test_first_frame_label_matches_the_frames(table):
+    """parameters()['first_frame'] says what sequence()'s frame 0 is: the clean image (noise, zoom blur) or not."""
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for name in P.PERTURBATIONS:
+        frame0 = P.sequence(name, x, [3], table)[:, 0]
+        clean = bool(torch.allclose(frame0, x, atol=1e-6))
+        assert (P.parameters(name, table)["first_frame"] == "clean") == clean, name

@@ -270,7 +270,7 @@ def parameters(name: str, table: str) -> dict[str, Any]:
         "frames": count,
         "source": _SOURCE[table],
         "compares_to_first": compares_to_first(name),
-        "first_frame": "clean" if "noise" in name else "perturbed",
+        "first_frame": "clean" if "noise" in name or name == "zoom_blur" else "perturbed",
     }
     if value is not None:
         values = [value(i) for i in range(count)]
