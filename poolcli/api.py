@@ -433,17 +433,20 @@ def finetune(
     on_epoch: Callable[[dict], None] | None = None,
     **settings: Any,
 ) -> tuple[ModelBundle, dict[str, Any]]:
-    """Fine-tune (cross-entropy, cosine schedule) on ``data`` (a spec, or a Dataset/DataLoader of model
-    inputs), with accuracy on ``val`` after each epoch. ``settings``: the training fields of
-    :class:`~poolcli.pipeline.finetune.FinetuneConfig` (``epochs``, ``lr``, ``optimizer``, ``shift``,
-    ``classes``, ``limit`` ...) and the model options of :func:`load_model` (``num_classes``, ``weights`` ...).
-    Returns the trained bundle (its manifest records the run, the data's class names and the lineage) and a
-    report; with ``output`` the checkpoint is written."""
+    """Fine-tune (cross-entropy; ``schedule`` cosine, step:E1,E2, constant or plateau, with ``warmup``) on
+    ``data`` (a spec, or a Dataset/DataLoader of model inputs), with accuracy on ``val`` after each epoch.
+    ``settings``: the training fields of :class:`~poolcli.pipeline.finetune.FinetuneConfig` (``epochs``, ``lr``,
+    ``optimizer``, ``momentum``, ``nesterov``, ``label_smoothing``, ``clip_grad``, ``shift``, ``classes``,
+    ``limit``, ``resume`` ...) and the model options of :func:`load_model` (``num_classes``, ``weights`` ...).
+    Returns the trained bundle (its manifest records the run, its history, the data's class names and the
+    lineage) and a report; with ``output`` the checkpoint is written, and after every epoch the training state
+    (``OUT.last.safetensors``: ``resume=True`` continues from it, bit-identically on CPU), the best model by
+    validation top-1 (``OUT.best.safetensors``) and the log (``OUT.log.jsonl``)."""
     import dataclasses
 
     from .io.atomic import check_output, check_suffix
     from .models.checkpoint import save_checkpoint
-    from .pipeline.finetune import FinetuneConfig
+    from .pipeline.finetune import FinetuneConfig, run_files
     from .pipeline.finetune import finetune as run_finetune
 
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"data", "val"}
@@ -455,9 +458,14 @@ def finetune(
     cfg = FinetuneConfig(data=named(data), val=named(val), **{k: v for k, v in settings.items() if k in fields})
     cfg.check()
     out = Path(output) if output is not None else None
+    files = run_files(out)
     if out is not None:
         check_output(out)
         check_suffix(out, "poolcli checkpoints")
+        for f in files.values():
+            check_output(f)
+    elif cfg.resume:
+        raise BadInputError("--resume continues the run that writes -o OUT: give the same -o")
     bundle = load_model(model, **options)
     if out is not None:
         check_saveable(bundle)
@@ -467,7 +475,7 @@ def finetune(
     pick = dict(classes=cfg.classes, seed=cfg.seed, bad_images=cfg.bad_images)
     train = open_data(data, bundle, split="train", limit=cfg.limit, max_per_class=cfg.max_per_class, **pick)
     checked = open_data(val, bundle, split="test", **pick) if val is not None else None
-    bundle, doc = run_finetune(bundle, cfg, train, checked, on_epoch=on_epoch)
+    bundle, doc = run_finetune(bundle, cfg, train, checked, on_epoch=on_epoch, files=files)
     if out is not None:
         save_checkpoint(bundle, None, out)
     return bundle, {**doc, **model_record(bundle), "output": str(out) if out else None, "environment": environment()}

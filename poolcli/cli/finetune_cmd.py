@@ -38,10 +38,34 @@ def finetune_cmd(
         Optional[str], typer.Option("--val", help="Dataset to evaluate after each epoch, e.g. digits:test.")
     ] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 10,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate (cosine-annealed to 0).")] = 1e-3,
-    optimizer: Annotated[
-        Literal["adam", "adamw", "sgd"], typer.Option("--optimizer", help="sgd: momentum 0.9, Nesterov.")
-    ] = "adam",
+    lr: Annotated[float, typer.Option("--lr", help="Base learning rate (see --schedule).")] = 1e-3,
+    schedule: Annotated[
+        str,
+        typer.Option(
+            "--schedule",
+            metavar="KIND",
+            help="cosine (to 0 per step), step:E1,E2 (×0.1 from those epochs), constant, or plateau[:P] (×0.1 after "
+            "P epochs without a better validation top-1, or training loss without --val).",
+        ),
+    ] = "cosine",
+    warmup: Annotated[int, typer.Option("--warmup", metavar="EPOCHS", help="Linear warmup, per step.")] = 0,
+    optimizer: Annotated[Literal["adam", "adamw", "sgd"], typer.Option("--optimizer")] = "adam",
+    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
+    nesterov: Annotated[bool, typer.Option("--nesterov", help="SGD with Nesterov momentum.")] = False,
+    label_smoothing: Annotated[
+        float, typer.Option("--label-smoothing", metavar="EPS", help="Cross-entropy label smoothing.")
+    ] = 0.0,
+    clip_grad: Annotated[
+        Optional[float], typer.Option("--clip-grad", metavar="NORM", help="Clip the gradient's global L2 norm.")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run from OUT.last.safetensors (written after every epoch and on Ctrl-C/SIGTERM); "
+            "on CPU the result is bit-identical to an uninterrupted run. Starts over when there is no state yet.",
+        ),
+    ] = False,
     weight_decay: Annotated[
         float, typer.Option("--weight-decay", help="Weight decay (not applied to pooling parameters).")
     ] = 0.0,
@@ -49,7 +73,8 @@ def finetune_cmd(
     only_pools: Annotated[
         bool,
         typer.Option(
-            "--only-pools", help="Train only the swapped pooling sites' parameters (BatchNorm statistics still adapt)."
+            "--only-pools",
+            help="Train only the swapped operators: every other tensor (BatchNorm statistics too) stays as it was.",
         ),
     ] = False,
     pool_lr_mult: Annotated[
@@ -73,7 +98,8 @@ def finetune_cmd(
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
-    """Fine-tune a model (cross-entropy, cosine schedule) and write a checkpoint with the same swaps.
+    """Fine-tune a model (cross-entropy) and write a checkpoint with the same swaps; the training state, the best
+    model (with --val) and a per-epoch log are written beside it after every epoch.
 
     Example: poolcli finetune learned.safetensors --data digits:train --val digits:test --epochs 30
     -o learned-ft.safetensors
@@ -96,7 +122,14 @@ def finetune_cmd(
         val=val,
         epochs=epochs,
         lr=lr,
+        schedule=schedule,
+        warmup=warmup,
         optimizer=optimizer,
+        momentum=momentum,
+        nesterov=nesterov,
+        label_smoothing=label_smoothing,
+        clip_grad=clip_grad,
+        resume=resume,
         weight_decay=weight_decay,
         batch_size=batch_size,
         workers=workers,

@@ -22,7 +22,9 @@ from ..models.bundle import ModelBundle
 from ..models.surgery import swapped_operators
 from ..ops.gsp import GSP, ZSRLoss
 from ..runtime import resolve_device, seed_everything
-from ..train.loop import param_groups, train_classifier
+from ..train import engine
+from ..train.loop import make_optimizer, param_groups
+from ..train.schedule import Schedule
 from .fingerprint import descent
 
 
@@ -42,6 +44,13 @@ class FinetuneConfig:
     only_pools: bool = False
     pool_lr_mult: float = 10.0
     zsr_weight: float = 0.0  # GSP's zero-shot regulariser; the reference classification setup adds it at 0.1
+    schedule: str = "cosine"
+    warmup: int = 0
+    momentum: float = 0.9
+    nesterov: bool = False
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None
+    resume: bool = False
     classes: str | None = None
     limit: int | None = None
     max_per_class: int | None = None
@@ -71,6 +80,36 @@ class FinetuneConfig:
         check_workers(self.workers)
         if self.zsr_weight < 0:
             raise BadInputError(f"--zsr-weight must be ≥ 0, got {self.zsr_weight}")
+        Schedule.parse(self.schedule, self.warmup)
+        if self.warmup >= self.epochs:
+            raise BadInputError(f"--warmup {self.warmup} must be shorter than --epochs {self.epochs}")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise BadInputError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise BadInputError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.clip_grad is not None and not (math.isfinite(self.clip_grad) and self.clip_grad > 0):
+            raise BadInputError(f"--clip-grad must be a positive norm, got {self.clip_grad}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What decides the weights (a resumed run must match): not the device, workers or --resume."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "workers", "resume")}
+
+
+def run_files(output: Any) -> dict[str, Any]:
+    """The files a fine-tune writes beside ``-o OUT.safetensors``: the training state after every epoch
+    (``OUT.last.safetensors``, what ``--resume`` reads), the best model by validation top-1
+    (``OUT.best.safetensors``, with ``--val``) and the per-epoch log (``OUT.log.jsonl``)."""
+    from pathlib import Path
+
+    if output is None:
+        return {}
+    out = Path(output)
+    stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
+    return {
+        "state": out.with_name(stem + ".last.safetensors"),
+        "best": out.with_name(stem + ".best.safetensors"),
+        "log": out.with_name(stem + ".log.jsonl"),
+    }
 
 
 def finetune(
@@ -79,9 +118,12 @@ def finetune(
     train: ImageDataset,
     val: ImageDataset | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    files: dict[str, Any] | None = None,
 ) -> tuple[ModelBundle, dict[str, Any]]:
     """Train ``bundle.module`` in place on ``train`` (``val``: accuracy after each epoch); returns the bundle
-    (manifest: the run, the class names, the lineage) and a report. ``cfg.data``/``cfg.val`` name them."""
+    (manifest: the run, the class names, the lineage, the history) and a report. ``cfg.data``/``cfg.val`` name
+    them. ``files`` (:func:`run_files`): the training state, best model and log written every epoch;
+    ``cfg.resume`` continues from the state."""
     cfg.check()
     lineage = descent(bundle)  # before training changes the weights
     side = min(bundle.input_size[1:])
@@ -121,32 +163,76 @@ def finetune(
         raise BadInputError(
             f"{e}; {'drop --only-pools or ' if cfg.only_pools else ''}convert the model first"
         ) from None
-    loader = make_loader(
-        train, cfg.batch_size, cfg.workers, shuffle=True, seed=cfg.seed, drop_last=len(train) > cfg.batch_size
-    )
 
     def validate() -> dict[str, float]:
         m = evaluate_classifier(bundle.module, make_loader(val, cfg.batch_size, cfg.workers), dev)
         return {"val_top1": m["top1"], "val_loss": m["loss"]}
 
-    extra_loss, zsr_modules = _zsr(bundle, pools, cfg, len(train.classes), groups, dev)
-
-    trainable = sum(p.numel() for g in groups for p in g["params"])
-    t0 = time.perf_counter()
-    history = train_classifier(
-        bundle.module,
-        loader,
+    extra_loss, zsr_modules, zsr_losses = _zsr(bundle, pools, cfg, len(train.classes), groups, dev)
+    base_lrs = [g["lr"] for g in groups]
+    optimizer = make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
+    schedule = Schedule.parse(cfg.schedule, cfg.warmup)
+    setup = engine.Setup(
         epochs=cfg.epochs,
-        lr=cfg.lr,
-        device=dev,
-        optimizer=cfg.optimizer,
-        weight_decay=cfg.weight_decay,
-        max_shift=cfg.shift,
+        batch_size=cfg.batch_size,
         seed=cfg.seed,
-        on_epoch=on_epoch,
-        groups=groups,
-        validate=validate if val is not None else None,
+        device=dev,
+        workers=cfg.workers,
+        max_shift=cfg.shift,
+        label_smoothing=cfg.label_smoothing,
+        clip_grad=cfg.clip_grad,
+        drop_last=len(train) > cfg.batch_size,
+        only=pools if cfg.only_pools else None,
+    )
+    files = files or {}
+    meta: dict[str, Any] = {"fingerprint": {**cfg.fingerprint(), "parent": lineage}, "best": None}
+    meta["schedule_state"] = schedule.state()
+    progress = engine.Progress()
+    bundle.module.to(dev)
+    if cfg.resume and files.get("state") is not None and files["state"].exists():
+        progress = _resume(files["state"], bundle, optimizer, zsr_losses, meta, schedule)
+    trainable = sum(p.numel() for g in groups for p in g["params"])
+    classes = list(train.classes)
+
+    def manifest_bundle(history: list[dict[str, Any]]) -> ModelBundle:
+        record = {
+            **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume"},
+            "device": str(dev),
+            "images": len(train),
+            "trainable_params": trainable,
+            "pool_sites": pool_paths,
+            "schedule": schedule.describe(),
+            "final": history[-1],
+            "history": history,
+        }
+        # the parent's facts (its accuracy, its own training) are lineage, not facts of this model
+        # the parent by its content (a path would make the same run give other bytes from another folder)
+        extra = {"origin": {"weights": "finetuned", "data": cfg.data}, "lineage": lineage, "finetune": record}
+        return dataclasses.replace(bundle, extra=extra, classes=classes)
+
+    timings: dict[int, float] = {}
+
+    def epoch_done(rec: dict[str, Any], p: engine.Progress) -> None:
+        timings[rec["epoch"]] = rec["seconds"]
+        _epoch_files(files, p, timings, meta, manifest_bundle)
+        if on_epoch:
+            on_epoch(rec)
+
+    t0 = time.perf_counter()
+    progress = engine.train(
+        bundle.module,
+        train,
+        optimizer,
+        base_lrs,
+        schedule,
+        setup,
+        progress=progress,
         extra_loss=extra_loss,
+        extra_modules=zsr_losses,
+        validate=validate if val is not None else None,
+        state_path=files.get("state"),
+        state_meta=meta,
+        on_epoch=epoch_done,
     )
     for m in zsr_modules:
         m.keep_attributes, m.attributes = False, None
@@ -154,20 +240,61 @@ def finetune(
     seconds = round(time.perf_counter() - t0, 1)
     # the checkpoint records what decides the weights, never wall-clock times (same inputs + seed = same bytes);
     # the report has the timings
-    final = {k: v for k, v in history[-1].items() if k != "seconds"}
-    record = {
-        **dataclasses.asdict(cfg),
-        "device": str(dev),
-        "images": len(train),
-        "trainable_params": trainable,
-        "pool_sites": pool_paths,
-        "final": final,
+    history = progress.history
+    out = manifest_bundle(history)
+    record = out.extra["finetune"]
+    timed = [{**h, **({"seconds": timings[h["epoch"]]} if h["epoch"] in timings else {})} for h in history]
+    report = {
+        "schema": "poolcli.finetune/3",
+        **record,
+        "final": timed[-1],
+        "seconds": seconds,
+        "history": timed,
+        "best": meta["best"],
+        "files": {k: str(v) for k, v in files.items()},
     }
-    # the parent's facts (its accuracy, its own training) are lineage, not facts of this model
-    # the parent by its content (a path would make the same run give other bytes from another folder)
-    extra = {"origin": {"weights": "finetuned", "data": cfg.data}, "lineage": lineage, "finetune": record}
-    report = {"schema": "poolcli.finetune/2", **record, "final": history[-1], "seconds": seconds, "history": history}
-    return dataclasses.replace(bundle, extra=extra, classes=list(train.classes)), report
+    return out, report
+
+
+def _resume(path, bundle: ModelBundle, optimizer, extra_modules, meta: dict[str, Any], schedule: Schedule):
+    """Load the state at ``path`` into the model and optimizer after checking it is this run's."""
+    from ..text import quote
+    from ..train.state import load_state
+
+    saved = load_state(path, bundle.module, optimizer, extra_modules)
+    theirs = saved.get("fingerprint") or {}
+    mine = meta["fingerprint"]
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        raise BadInputError(
+            f"{quote(path)} was written by another run (it differs in {', '.join(differ[:4])}); rerun with the same "
+            "model, data and options, or drop --resume to start over"
+        )
+    try:
+        progress = engine.Progress.from_meta(saved["progress"])
+        schedule.load(saved.get("schedule_state") or {})
+    except (KeyError, TypeError, ValueError):
+        raise BadInputError(f"{quote(path)} holds a malformed training state; drop --resume to start over") from None
+    meta["best"] = saved.get("best")
+    return progress
+
+
+def _epoch_files(files, p: engine.Progress, timings, meta, manifest_bundle) -> None:
+    """After an epoch: the log (rewritten whole from the history, atomically) and the best model."""
+    import json
+
+    from ..io.atomic import write_text_atomic
+    from ..models.checkpoint import save_checkpoint
+
+    rec = p.history[-1]
+    if files.get("best") is not None and "val_top1" in rec:
+        best = meta.get("best")
+        if best is None or rec["val_top1"] > best["val_top1"]:
+            save_checkpoint(manifest_bundle(p.history), None, files["best"])
+            meta["best"] = {"epoch": rec["epoch"], "val_top1": rec["val_top1"]}
+    if files.get("log") is not None:
+        lines = [{**h, **({"seconds": timings[h["epoch"]]} if h["epoch"] in timings else {})} for h in p.history]
+        write_text_atomic(files["log"], "".join(json.dumps(line) + "\n" for line in lines))
 
 
 def _zsr(
@@ -183,7 +310,7 @@ def _zsr(
     the class embeddings trained alongside (added to ``groups``). Off by default: on the digits fixture
     it slowed fine-tuning down (README, "Fine-tuning")."""
     if cfg.zsr_weight == 0:
-        return None, []
+        return None, [], []
     gsps = [m for op in pools for m in op.modules() if isinstance(m, GSP)]
     if not gsps:
         raise BadInputError("--zsr-weight needs a GSP pooling site; convert with --swap @global=gsp first")
@@ -195,4 +322,4 @@ def _zsr(
     def extra(labels: torch.Tensor) -> torch.Tensor:
         return cfg.zsr_weight * sum(loss(m.attributes, labels) for m, loss in zip(gsps, losses))
 
-    return extra, gsps
+    return extra, gsps, losses

@@ -1,4 +1,5 @@
-"""A plain, deterministic classification training loop (single process)."""
+"""Optimizer groups and optimizers, and the plain classification loop the fixtures were trained with
+(``scripts/make_fixtures.py``); ``finetune`` runs the resumable loop of :mod:`poolcli.train.engine`."""
 
 from __future__ import annotations
 
@@ -44,16 +45,23 @@ def param_groups(
 
 
 def make_optimizer(
-    module: nn.Module | list[dict], name: str, lr: float, weight_decay: float = 0.0
+    module: nn.Module | list[dict],
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    nesterov: bool = True,
 ) -> torch.optim.Optimizer:
-    """An optimizer over ``module``'s trainable parameters, or over given parameter groups."""
+    """An optimizer over ``module``'s trainable parameters, or over given parameter groups (SGD: ``momentum``,
+    ``nesterov``)."""
     params = module if isinstance(module, list) else [p for p in module.parameters() if p.requires_grad]
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+        nesterov = nesterov and momentum > 0  # torch refuses Nesterov without momentum
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     raise ValueError(f"unknown optimizer '{name}': use adam, adamw or sgd")
 
 

@@ -1,0 +1,174 @@
+"""The fine-tune loop: resumable at any step, bit-identical on CPU for the same seed.
+
+Everything random is a function of (seed, epoch, step): the order of epoch e is ``randperm`` from a generator
+seeded by (seed, e), and before step s the global torch generator (dropout, stochastic depth) and the
+augmentation's generator are re-seeded from (seed, e, s). The learning rate is a pure function of the position
+(:mod:`poolcli.train.schedule`). So a run that continues from a state saved after any step replays exactly
+the steps the uninterrupted run took, and the state needs no generator states.
+
+The state is written atomically at the end of every epoch and on Ctrl-C/SIGTERM (mid-epoch: the step, the
+epoch's running sums); a kill -9 loses at most the current epoch, which the resumed run recomputes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.augment import random_shift
+from ..errors import RunError
+from ..progress import task
+from .schedule import Schedule
+from .state import save_state, step_seed
+
+
+@dataclasses.dataclass
+class Setup:
+    epochs: int
+    batch_size: int
+    seed: int
+    device: torch.device
+    workers: int = 0
+    max_shift: int = 0
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None
+    drop_last: bool = True
+    only: list[nn.Module] | None = None  # train only these modules: the rest stays in eval mode (frozen BN statistics)
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run is: the next step to take (``epoch``, ``step``), the running sums of the current epoch and
+    the finished epochs' records."""
+
+    epoch: int = 0
+    step: int = 0
+    sums: tuple[float, int, int] = (0.0, 0, 0)  # Σ loss·batch, correct, images
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.step, "sums": list(self.sums), "history": self.history}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Progress:
+        loss, correct, n = meta["sums"]
+        return cls(int(meta["epoch"]), int(meta["step"]), (float(loss), int(correct), int(n)), list(meta["history"]))
+
+
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+    return max(1, n // batch_size) if drop_last and n > batch_size else math.ceil(n / batch_size)
+
+
+def epoch_batches(n: int, setup: Setup, epoch: int) -> list[list[int]]:
+    """The batches of ``epoch``: a permutation seeded by (seed, epoch), cut into batches."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(setup.seed, epoch, -1, "order")))
+    spe = steps_per_epoch(n, setup.batch_size, setup.drop_last)
+    return [order[i * setup.batch_size : (i + 1) * setup.batch_size].tolist() for i in range(spe)]
+
+
+def train(
+    module: nn.Module,
+    dataset: Dataset,
+    optimizer: torch.optim.Optimizer,
+    base_lrs: list[float],
+    schedule: Schedule,
+    setup: Setup,
+    *,
+    progress: Progress | None = None,
+    extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    extra_modules: list[nn.Module] = (),
+    validate: Callable[[], dict[str, float]] | None = None,
+    state_path: Any = None,
+    state_meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any], Progress], None] | None = None,
+) -> Progress:
+    """Train from ``progress`` (default: the start) to the end; returns the final progress. ``state_path``: where
+    the training state goes after every epoch and on interruption (``state_meta``, which ``on_epoch`` may update,
+    is written with it)."""
+    p = progress or Progress()
+    n = len(dataset)  # type: ignore[arg-type]
+    spe = steps_per_epoch(n, setup.batch_size, setup.drop_last)
+    module.to(setup.device)
+
+    def save() -> None:
+        if state_path is not None:
+            save_state(state_path, module, optimizer, list(extra_modules), {**(state_meta or {}), "progress": p.meta()})
+
+    while p.epoch < setup.epochs:
+        epoch = p.epoch
+        if setup.only is None:
+            module.train()
+        else:  # everything else frozen, BatchNorm statistics and dropout included
+            module.eval()
+            for m in setup.only:
+                m.train()
+        t0 = time.perf_counter()
+        batches = epoch_batches(n, setup, epoch)[p.step :]
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=setup.workers)
+        loss_sum, correct, seen = p.sums
+        done = sum(len(b) for b in epoch_batches(n, setup, epoch)[: p.step])
+        label = f"train epoch {epoch + 1}/{setup.epochs}"
+        try:
+            with task(label, spe * setup.batch_size if setup.drop_last else n, unit="images") as advance:
+                if done:
+                    advance(done)
+                for step, (x, y) in enumerate(loader, p.step):
+                    torch.manual_seed(step_seed(setup.seed, epoch, step, "torch"))
+                    gen = torch.Generator().manual_seed(step_seed(setup.seed, epoch, step, "augment"))
+                    x = random_shift(x, setup.max_shift, gen)
+                    x, y = x.to(setup.device), y.to(setup.device)
+                    f = schedule.factor(epoch, step, spe, setup.epochs)
+                    for g, base in zip(optimizer.param_groups, base_lrs):
+                        g["lr"] = base * f
+                    logits = module(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=setup.label_smoothing)
+                    if extra_loss is not None:
+                        loss = loss + extra_loss(y)
+                    if not bool(torch.isfinite(loss.detach())):
+                        raise RunError(
+                            f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
+                            f"{float(loss.detach())}; lower --lr, check the images, or start from finite weights "
+                            "(nothing was written)"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if setup.clip_grad is not None:
+                        params = [q for g in optimizer.param_groups for q in g["params"] if q.grad is not None]
+                        torch.nn.utils.clip_grad_norm_(params, setup.clip_grad)
+                    optimizer.step()
+                    loss_sum += float(loss.detach()) * y.numel()
+                    correct += int((logits.argmax(1) == y).sum())
+                    seen += int(y.numel())
+                    p.step, p.sums = step + 1, (loss_sum, correct, seen)
+                    advance(int(y.numel()))
+        except KeyboardInterrupt:
+            save()  # Ctrl-C / SIGTERM: the state after the last finished step
+            raise
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / max(seen, 1),
+            "train_top1": correct / max(seen, 1),
+            "lr": base_lrs[0] * schedule.factor(epoch, spe - 1, spe, setup.epochs),
+        }
+        if validate is not None:
+            module.eval()
+            rec.update(validate())
+        metric, higher = (rec["val_top1"], True) if "val_top1" in rec else (rec["loss"], False)
+        schedule.end_epoch(metric, higher)
+        p.history.append(rec)
+        p.epoch, p.step, p.sums = epoch + 1, 0, (0.0, 0, 0)
+        if on_epoch:  # before the state: what it writes (best model, log) is then never ahead of the state
+            on_epoch({**rec, "seconds": time.perf_counter() - t0}, p)
+        if state_meta is not None:
+            state_meta["schedule_state"] = schedule.state()
+        save()
+    module.eval()
+    return p

@@ -1,0 +1,169 @@
+"""finetune as a long run: schedules as pure functions of the position, the training state after every epoch,
+--resume bit-identical to an uninterrupted run (Ctrl-C mid-epoch, kill -9), best model and log files,
+--only-pools freezing every other tensor."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from poolcli import api, progress
+from poolcli.errors import BadInputError
+from poolcli.train.schedule import Schedule
+
+from .conftest import CNN, ROOT
+
+RUN = dict(data="digits:train", val="digits:test", epochs=3, limit=96, batch_size=32, device="cpu", seed=3)
+
+
+# ----------------------------------------------------------------------------- schedules
+def test_schedules_are_the_published_shapes():
+    cos = Schedule.parse("cosine")
+    assert cos.factor(0, 0, 10, 4) == 1.0 and cos.factor(2, 0, 10, 4) == pytest.approx(0.5)
+    assert cos.factor(3, 9, 10, 4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    step = Schedule.parse("step:2,4")
+    assert [step.factor(e, 0, 5, 6) for e in range(6)] == pytest.approx([1, 0.1, 0.1, 0.01, 0.01, 0.01])
+    warm = Schedule.parse("constant", warmup=2)
+    assert [warm.factor(e, s, 2, 5) for e in range(3) for s in range(2)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])
+    wcos = Schedule.parse("cosine", warmup=1)
+    assert wcos.factor(1, 0, 4, 3) == 1.0 and wcos.factor(2, 0, 4, 3) == pytest.approx(0.5)
+    plat = Schedule.parse("plateau:2")
+    for v in (0.5, 0.6, 0.6, 0.55, 0.6):  # best 0.6 at epoch 2, then 3 epochs without improvement
+        plat.end_epoch(v, higher_is_better=True)
+    assert plat.scale == pytest.approx(0.1) and plat.factor(5, 0, 3, 9) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("text", ["cosin", "step", "step:0", "step:a", "plateau:0", "constant:3", "cosine:1"])
+def test_bad_schedules(text):
+    with pytest.raises(BadInputError, match="schedule"):
+        Schedule.parse(text)
+
+
+# ----------------------------------------------------------------------------- state, resume
+class StopAt:
+    """A progress reporter that raises KeyboardInterrupt (what Ctrl-C and SIGTERM become) inside a training
+    epoch after ``after`` batches."""
+
+    def __init__(self, epoch: int, after: int):
+        self.epoch, self.after = epoch, after
+
+    @contextlib.contextmanager
+    def task(self, description, total, unit):
+        seen = []
+
+        def advance(n=1):
+            seen.append(n)
+            if description.startswith(f"train epoch {self.epoch}/") and len(seen) == self.after:
+                raise KeyboardInterrupt
+
+        yield advance
+
+
+def _run(out, **kw):
+    return api.finetune(str(CNN), output=out, **{**RUN, **kw})
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ft.safetensors"
+    _, doc = _run(out, schedule="step:2", optimizer="sgd", lr=0.01, label_smoothing=0.1, clip_grad=5.0, shift=2)
+    return out, doc
+
+
+def test_files_written_each_epoch(reference):
+    out, doc = reference
+    stem = out.with_name("ft")
+    last, best, log = (stem.with_suffix(s) for s in (".last.safetensors", ".best.safetensors", ".log.jsonl"))
+    assert last.exists() and best.exists() and log.exists()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3] and all("seconds" in r for r in lines)
+    assert lines[1]["lr"] == pytest.approx(0.001)  # step:2 → ×0.1 from epoch 2
+    best_epoch = max(lines, key=lambda r: r["val_top1"])["epoch"]
+    assert doc["best"]["epoch"] == best_epoch
+    manifest = api.load_model(str(out)).extra["finetune"]
+    assert [h["epoch"] for h in manifest["history"]] == [1, 2, 3] and "seconds" not in manifest["history"][0]
+    b = api.load_model(str(best))
+    assert [h["epoch"] for h in b.extra["finetune"]["history"]] == list(range(1, best_epoch + 1))
+
+
+@pytest.mark.parametrize("epoch, after", [(1, 1), (2, 2), (3, 3)])
+def test_ctrl_c_then_resume_is_bit_identical(tmp_path, reference, epoch, after):
+    ref, _ = reference
+    out = tmp_path / "ft.safetensors"
+    kw = dict(schedule="step:2", optimizer="sgd", lr=0.01, label_smoothing=0.1, clip_grad=5.0, shift=2)
+    previous = progress.set_reporter(StopAt(epoch, after))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(out, **kw)
+    finally:
+        progress.set_reporter(previous)
+    assert not out.exists() and out.with_name("ft.last.safetensors").exists()
+    _run(out, resume=True, **kw)
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_resume_refuses_another_run(tmp_path):
+    out = tmp_path / "ft.safetensors"
+    _run(out, epochs=1)
+    with pytest.raises(BadInputError, match="another run.*lr"):
+        _run(out, epochs=1, lr=0.5, resume=True)
+    with pytest.raises(BadInputError, match="give the same -o"):
+        api.finetune(str(CNN), **{**RUN, "epochs": 1}, resume=True)
+
+
+def test_resume_without_state_starts_over_and_a_finished_run_is_rewritten_identically(tmp_path):
+    out = tmp_path / "ft.safetensors"
+    _run(out, epochs=1, resume=True)
+    first = out.read_bytes()
+    out.unlink()
+    _run(out, epochs=1, resume=True)  # the state says finished: nothing to train, the same file again
+    assert out.read_bytes() == first
+
+
+def test_only_pools_leaves_every_other_tensor_unchanged(tmp_path):
+    conv = tmp_path / "pp.safetensors"
+    api.convert(str(CNN), ["@down2=ppool"], output=conv)
+    before = api.load_model(str(conv)).module.state_dict()
+    out = tmp_path / "ft.safetensors"
+    api.finetune(str(conv), output=out, **{**RUN, "epochs": 1, "val": None}, only_pools=True, lr=0.01)
+    after = api.load_model(str(out)).module.state_dict()
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert changed and all(".1.branch." in k for k in changed), changed  # only P-pooling's side branch moved
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    args = ["-q", "finetune", str(CNN), "--data", "digits:train", "--val", "digits:test", "--limit", "160"]
+    args += ["--epochs", "4", "-b", "16", "--device", "cpu", "--optimizer", "sgd", "--lr", "0.02", "--shift", "2"]
+    ref = tmp_path / "ref" / "ft.safetensors"
+    ref.parent.mkdir()
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "poolcli", *args, "-o", str(ref)], env=env, check=True, cwd=ROOT)
+    full = time.perf_counter() - t0
+    out = tmp_path / "job" / "ft.safetensors"
+    out.parent.mkdir()
+    job = [sys.executable, "-m", "poolcli", *args, "--resume", "-o", str(out)]
+    kills = 0
+    for frac in (0.3, 0.45, 0.6, 0.75, 0.9, 0.5, 0.65):
+        proc = subprocess.Popen(job, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(frac * full)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if out.exists():
+            break
+    assert kills >= 3
+    done = subprocess.run(job, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == ref.read_bytes()
