@@ -475,6 +475,14 @@ def finetune(
     pick = dict(classes=cfg.classes, seed=cfg.seed, bad_images=cfg.bad_images)
     train = open_data(data, bundle, split="train", limit=cfg.limit, max_per_class=cfg.max_per_class, **pick)
     checked = open_data(val, bundle, split="test", **pick) if val is not None else None
+    if cfg.holdout is not None:
+        from .data.specs import stratified_folds
+
+        if val is not None:
+            raise BadInputError("--holdout validates on held-out training images: drop --val (or --holdout)")
+        kept, held = stratified_folds(train.labels, cfg.holdout, cfg.fold, cfg.seed)
+        train, checked = train.subset(kept), train.subset(held)
+        cfg = dataclasses.replace(cfg, val=f"{cfg.data} (held-out fold {cfg.fold} of {round(1 / cfg.holdout)})")
     bundle, doc = run_finetune(bundle, cfg, train, checked, on_epoch=on_epoch, files=files)
     if out is not None:
         save_checkpoint(bundle, None, out)

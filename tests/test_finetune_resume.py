@@ -167,3 +167,52 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path):
     done = subprocess.run(job, env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == ref.read_bytes()
+
+
+# ----------------------------------------------------------------------------- protocols of seed 001
+def test_holdout_folds_are_stratified_disjoint_and_partition():
+    from poolcli.data.specs import stratified_folds
+
+    labels = torch.tensor([c for c in range(4) for _ in range(10 + 3 * c)])
+    helds = []
+    for k in range(5):
+        kept, held = stratified_folds(labels, 0.2, k, seed=7)
+        assert not set(kept.tolist()) & set(held.tolist())
+        assert sorted(kept.tolist() + held.tolist()) == list(range(labels.numel()))
+        counts = torch.bincount(labels[held], minlength=4)
+        totals = torch.bincount(labels, minlength=4)
+        assert ((counts - totals / 5).abs() <= 1).all()  # every class in proportion
+        helds.append(set(held.tolist()))
+    assert set().union(*helds) == set(range(labels.numel())) and sum(map(len, helds)) == labels.numel()
+    with pytest.raises(BadInputError, match="--fold must be in 0..4"):
+        stratified_folds(labels, 0.2, 5, seed=7)
+
+
+def test_finetune_holdout_validates_on_the_held_out_fold(tmp_path):
+    _, doc = api.finetune(
+        str(CNN), data="digits:train", epochs=1, limit=100, batch_size=32, device="cpu", holdout=0.25, fold=1
+    )
+    assert 70 <= doc["images"] <= 80 and "val_top1" in doc["final"] and "held-out fold 1 of 4" in doc["val"]
+    with pytest.raises(BadInputError, match="drop --val"):
+        api.finetune(str(CNN), data="digits:train", val="digits:test", epochs=1, limit=50, holdout=0.2)
+    with pytest.raises(BadInputError, match="give --holdout"):
+        api.finetune(str(CNN), data="digits:train", epochs=1, limit=50, fold=2)
+
+
+def test_from_scratch_keeps_only_the_swapped_operators(tmp_path):
+    conv = tmp_path / "pp.safetensors"
+    api.convert(str(CNN), ["@down2=ppool"], output=conv)
+    bundle = api.load_model(str(conv))
+    before = {k: v.clone() for k, v in bundle.module.state_dict().items()}
+    from poolcli.pipeline.finetune import _reinitialise
+
+    _reinitialise(bundle, seed=0)
+    after = bundle.module.state_dict()
+    kept = sorted(k for k in before if torch.equal(before[k], after[k]))
+    ops = [k for k in before if ".1.branch." in k]
+    assert ops and set(ops) <= set(kept)
+    weights = [k for k in before if k.endswith("weight") and k not in ops]
+    assert weights and all(not torch.equal(before[k], after[k]) for k in weights)  # every other weight drawn anew
+    again = api.load_model(str(conv))
+    _reinitialise(again, seed=0)
+    assert all(torch.equal(after[k], v) for k, v in again.module.state_dict().items())  # seeded

@@ -58,6 +58,23 @@ def finetune_cmd(
     clip_grad: Annotated[
         Optional[float], typer.Option("--clip-grad", metavar="NORM", help="Clip the gradient's global L2 norm.")
     ] = None,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="Re-initialise every tensor except the swapped operators' (seed 001 retrains from random "
+            "initialisation around its fitted pooling).",
+        ),
+    ] = False,
+    holdout: Annotated[
+        Optional[float],
+        typer.Option(
+            "--holdout",
+            metavar="FRACTION",
+            help="Validate on a stratified held-out part of --data (e.g. 0.2: 5 folds) instead of --val.",
+        ),
+    ] = None,
+    fold: Annotated[int, typer.Option("--fold", metavar="K", help="Which held-out fold (0..folds-1).")] = 0,
     resume: Annotated[
         bool,
         typer.Option(
@@ -130,6 +147,9 @@ def finetune_cmd(
         label_smoothing=label_smoothing,
         clip_grad=clip_grad,
         resume=resume,
+        from_scratch=from_scratch,
+        holdout=holdout,
+        fold=fold,
         weight_decay=weight_decay,
         batch_size=batch_size,
         workers=workers,

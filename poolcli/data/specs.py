@@ -161,6 +161,12 @@ class ImageDataset(Dataset):
             raise BadInputError("the dataset is empty after selection (classes/limit); widen the selection")
         return out
 
+    def subset(self, positions: torch.Tensor) -> ImageDataset:
+        """The images at ``positions`` of this dataset (same preprocessing, same class names)."""
+        out = ImageDataset(self.raw, self.indices[positions], self.preprocess)
+        out.description, out.skipped = getattr(self, "description", ""), []  # type: ignore[attr-defined]
+        return out
+
     def class_counts(self) -> dict[int, int]:
         vals, counts = torch.unique(self.labels, return_counts=True)
         return {int(v): int(c) for v, c in zip(vals, counts)}
@@ -304,3 +310,27 @@ def wrap_dataset(dataset: Dataset, input_size: tuple[int, ...], classes: list[st
     ds.description = raw.description  # type: ignore[attr-defined]
     ds.skipped = []  # type: ignore[attr-defined]
     return ds
+
+
+def stratified_folds(labels: torch.Tensor, holdout: float, fold: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train positions, held-out positions) of fold ``fold`` out of K = round(1 / holdout): each class's images
+    in a seeded order, image j of a class in fold j mod K — stratified (every class with ≥ K images is in every
+    fold, in proportion) and disjoint; the K folds partition the data (seed 001 §6.2's held-out cross-validation)."""
+    if not (0 < holdout <= 0.5):
+        raise BadInputError(f"--holdout must be a fraction in (0, 0.5], got {holdout}")
+    k = round(1 / holdout)
+    if not 0 <= fold < k:
+        raise BadInputError(f"--fold must be in 0..{k - 1} for --holdout {holdout} ({k} folds), got {fold}")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(labels.numel(), generator=g)
+    which = torch.empty(labels.numel(), dtype=torch.long)
+    for c in torch.unique(labels).tolist():
+        members = order[labels[order] == c]
+        which[members] = torch.arange(members.numel()) % k
+    held = (which == fold).nonzero().flatten()
+    kept = (which != fold).nonzero().flatten()
+    if held.numel() == 0 or kept.numel() == 0:
+        raise BadInputError(
+            f"fold {fold} of {k} is empty: the selection has too few images; widen it or raise --holdout"
+        )
+    return kept, held

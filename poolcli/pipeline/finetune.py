@@ -50,6 +50,9 @@ class FinetuneConfig:
     nesterov: bool = False
     label_smoothing: float = 0.0
     clip_grad: float | None = None
+    from_scratch: bool = False
+    holdout: float | None = None
+    fold: int = 0
     resume: bool = False
     classes: str | None = None
     limit: int | None = None
@@ -89,6 +92,16 @@ class FinetuneConfig:
             raise BadInputError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_grad is not None and not (math.isfinite(self.clip_grad) and self.clip_grad > 0):
             raise BadInputError(f"--clip-grad must be a positive norm, got {self.clip_grad}")
+        if self.holdout is None and self.fold != 0:
+            raise BadInputError("--fold picks a held-out fold: give --holdout too (e.g. --holdout 0.2 --fold 3)")
+        if self.holdout is not None:
+            if not (math.isfinite(self.holdout) and 0 < self.holdout <= 0.5):
+                raise BadInputError(f"--holdout must be a fraction in (0, 0.5], got {self.holdout}")
+            k = round(1 / self.holdout)
+            if not 0 <= self.fold < k:
+                raise BadInputError(
+                    f"--fold must be in 0..{k - 1} for --holdout {self.holdout} ({k} folds), got {self.fold}"
+                )
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the weights (a resumed run must match): not the device, workers or --resume."""
@@ -133,6 +146,8 @@ def finetune(
             f"(a few pixels, e.g. {max(1, side // 16)})"
         )
     seed_everything(cfg.seed)
+    if cfg.from_scratch:
+        _reinitialise(bundle, cfg.seed)
     dev = resolve_device(cfg.device)
     outputs = bundle.num_classes
     if outputs is not None and int(train.labels.max()) >= outputs:
@@ -323,3 +338,27 @@ def _zsr(
         return cfg.zsr_weight * sum(loss(m.attributes, labels) for m, loss in zip(gsps, losses))
 
     return extra, gsps, losses
+
+
+def _reinitialise(bundle: ModelBundle, seed: int) -> None:
+    """Seed 001's protocol: every parameter and buffer drawn anew by the architecture's own initialisation (the
+    base rebuilt by its library, seeded, the swaps replayed), except the swapped operators' tensors (fitted
+    pooling weights, initialised prototypes), which are kept."""
+    from ..models.spec import build_base
+    from ..models.surgery import apply_swaps
+
+    torch.manual_seed(seed)
+    fresh = build_base(bundle.base["source"], bundle.base["name"], dict(bundle.base.get("kwargs", {})))
+    apply_swaps(fresh, bundle.swaps)
+    ops = set(swapped_operators(bundle.module))
+    prefixes = tuple(name + "." for name, m in bundle.module.named_modules() if m in ops)
+    state = fresh.state_dict()
+    current = bundle.module.state_dict()
+    if set(state) != set(current):
+        raise BadInputError(
+            f"{bundle.spec} cannot be rebuilt from its manifest for --from-scratch (its tensors differ)"
+        )
+    for key in current:
+        if key.startswith(prefixes):
+            state[key] = current[key]
+    bundle.module.load_state_dict(state)
