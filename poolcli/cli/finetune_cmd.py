@@ -58,6 +58,31 @@ def finetune_cmd(
     clip_grad: Annotated[
         Optional[float], typer.Option("--clip-grad", metavar="NORM", help="Clip the gradient's global L2 norm.")
     ] = None,
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            metavar="NAME",
+            help="ce, or a metric-learning loss from pytorch-metric-learning on L2-normalised embeddings: "
+            "contrastive, triplet, multisimilarity, circle, supcon, ntxent, proxyanchor, normsoftmax, arcface, "
+            "softtriple (class-balanced P×K batches, validation by MAP@R).",
+        ),
+    ] = "ce",
+    embedding_dim: Annotated[
+        Optional[int],
+        typer.Option(
+            "--embedding-dim",
+            metavar="D",
+            help="Metric learning: a Linear embedding head to D (default the pooled features).",
+        ),
+    ] = None,
+    classes_per_batch: Annotated[
+        Optional[int], typer.Option("--classes-per-batch", metavar="P", help="P×K batches: classes per batch.")
+    ] = None,
+    per_class: Annotated[
+        Optional[int],
+        typer.Option("--per-class", metavar="K", help="P×K batches: images per class (default 4 for metric losses)."),
+    ] = None,
     from_scratch: Annotated[
         bool,
         typer.Option(
@@ -123,11 +148,10 @@ def finetune_cmd(
     """
 
     def show(rec: dict) -> None:
-        extra = f", val top-1 {100 * rec['val_top1']:.2f}%" if "val_top1" in rec else ""
-        info(
-            f"epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.4f}, train top-1 {100 * rec['train_top1']:.2f}%{extra} "
-            f"({rec['seconds']:.1f}s)"
-        )
+        extra = f", train top-1 {100 * rec['train_top1']:.2f}%" if "train_top1" in rec else ""
+        extra += f", val top-1 {100 * rec['val_top1']:.2f}%" if "val_top1" in rec else ""
+        extra += f", val MAP@R {100 * rec['val_map_at_r']:.2f}%" if "val_map_at_r" in rec else ""
+        info(f"epoch {rec['epoch']}/{epochs}: loss {rec['loss']:.4f}{extra} ({rec['seconds']:.1f}s)")
 
     from .. import api
 
@@ -148,6 +172,10 @@ def finetune_cmd(
         clip_grad=clip_grad,
         resume=resume,
         from_scratch=from_scratch,
+        loss=loss,
+        embedding_dim=embedding_dim,
+        classes_per_batch=classes_per_batch,
+        per_class=per_class,
         holdout=holdout,
         fold=fold,
         weight_decay=weight_decay,
@@ -167,16 +195,19 @@ def finetune_cmd(
     )
     if not STATE["quiet"]:
         table = Table(title=f"finetune {model} → {output}", title_justify="left")
-        for col in ("epochs", "images", "trainable params", "loss", "train top-1", "val top-1", "seconds"):
-            table.add_column(col, justify="right")
         f = doc["final"]
+        pct = lambda k: f"{100 * f[k]:.2f}%" if k in f else "-"  # noqa: E731
+        cols = ("epochs", "images", "trainable params", "loss", "train top-1", "val top-1", "val MAP@R", "seconds")
+        for col in cols:
+            table.add_column(col, justify="right")
         table.add_row(
             str(epochs),
             str(doc["images"]),
             f"{doc['trainable_params']:,}",
             f"{f['loss']:.4f}",
-            f"{100 * f['train_top1']:.2f}%",
-            f"{100 * f['val_top1']:.2f}%" if "val_top1" in f else "-",
+            pct("train_top1"),
+            pct("val_top1"),
+            pct("val_map_at_r"),
             f"{doc['seconds']:.1f}",
         )
         console().print(table)

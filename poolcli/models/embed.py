@@ -32,7 +32,7 @@ class EmbeddingTap:
     description: str
 
 
-def _classifier_path(module: nn.Module) -> str | None:
+def classifier_path(module: nn.Module) -> str | None:
     get = getattr(module, "get_classifier", None)
     if callable(get):  # timm
         head = get()
@@ -60,7 +60,14 @@ def find_embedding(bundle: ModelBundle, embed_site: str | None = None) -> Embedd
                 "'poolcli inspect'"
             )
         return EmbeddingTap(site.path, "output", f"output of {site.path} (spatial mean if a map)")
-    path = _classifier_path(module)
+    head = (bundle.extra or {}).get("embedding_head")
+    if isinstance(head, dict) and isinstance(head.get("path"), str):
+        try:
+            module.get_submodule(head["path"])
+        except AttributeError:
+            raise BadInputError(f"{bundle.spec}'s manifest names an embedding head {head['path']!r} it lacks") from None
+        return EmbeddingTap(head["path"], "output", f"embedding head: output of {head['path']}")
+    path = classifier_path(module)
     if path is not None:
         lin = module.get_submodule(path)
         return EmbeddingTap(path, "input", f"pre-logits: input of {path} (Linear {lin.in_features}→{lin.out_features})")
@@ -79,8 +86,9 @@ def find_embedding(bundle: ModelBundle, embed_site: str | None = None) -> Embedd
 
 
 @contextlib.contextmanager
-def capture_embeddings(module: nn.Module, tap: EmbeddingTap) -> Iterator[dict[str, torch.Tensor]]:
-    """During each forward, ``box["embedding"]`` receives the tap's [B, d] features (float32)."""
+def capture_embeddings(module: nn.Module, tap: EmbeddingTap, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """During each forward, ``box["embedding"]`` receives the tap's [B, d] features (float32; with the graph
+    when ``detach`` is False, for training on them)."""
     box: dict[str, torch.Tensor] = {}
 
     def hook(mod: nn.Module, args: tuple, out: Any) -> None:
@@ -89,7 +97,7 @@ def capture_embeddings(module: nn.Module, tap: EmbeddingTap) -> Iterator[dict[st
             t = t[0]
         if t.dim() == 4:
             t = t.mean((2, 3))
-        box["embedding"] = t.detach().flatten(1).float()
+        box["embedding"] = (t.detach() if detach else t).flatten(1).float()
 
     handle = module.get_submodule(tap.path).register_forward_hook(hook)
     try:

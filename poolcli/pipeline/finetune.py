@@ -7,6 +7,7 @@ the swapped sites get ``pool_lr_mult`` × the learning rate and no weight decay.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -51,6 +52,10 @@ class FinetuneConfig:
     label_smoothing: float = 0.0
     clip_grad: float | None = None
     from_scratch: bool = False
+    loss: str = "ce"
+    embedding_dim: int | None = None  # metric learning: a Linear head to this dimension (default the pooled features)
+    classes_per_batch: int | None = None  # P of P×K batches
+    per_class: int | None = None  # K of P×K batches
     holdout: float | None = None
     fold: int = 0
     resume: bool = False
@@ -92,6 +97,18 @@ class FinetuneConfig:
             raise BadInputError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_grad is not None and not (math.isfinite(self.clip_grad) and self.clip_grad > 0):
             raise BadInputError(f"--clip-grad must be a positive norm, got {self.clip_grad}")
+        from ..train.metric import LOSSES
+
+        if self.loss not in LOSSES:
+            raise BadInputError(f"unknown --loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        if self.embedding_dim is not None and (self.loss == "ce" or self.embedding_dim < 1):
+            raise BadInputError(
+                "--embedding-dim is the embedding head of a metric-learning --loss (≥ 1), e.g. --loss "
+                "multisimilarity --embedding-dim 128"
+            )
+        for name, v in (("--classes-per-batch", self.classes_per_batch), ("--per-class", self.per_class)):
+            if v is not None and v < 1:
+                raise BadInputError(f"{name} must be ≥ 1, got {v}")
         if self.holdout is None and self.fold != 0:
             raise BadInputError("--fold picks a held-out fold: give --holdout too (e.g. --holdout 0.2 --fold 3)")
         if self.holdout is not None:
@@ -146,10 +163,13 @@ def finetune(
             f"(a few pixels, e.g. {max(1, side // 16)})"
         )
     seed_everything(cfg.seed)
+    if cfg.embedding_dim is not None:
+        bundle = _embedding_head(bundle, cfg.embedding_dim, cfg.seed)
     if cfg.from_scratch:
         _reinitialise(bundle, cfg.seed)
     dev = resolve_device(cfg.device)
-    outputs = bundle.num_classes
+    metric_learning = cfg.loss != "ce"
+    outputs = None if metric_learning else bundle.num_classes  # a metric loss never reads the class outputs
     if outputs is not None and int(train.labels.max()) >= outputs:
         raise BadInputError(
             f"{cfg.data} has labels up to {int(train.labels.max())} but the model has {outputs} outputs; "
@@ -160,7 +180,7 @@ def finetune(
             f"{cfg.data} has {len(train.classes)} classes but {bundle.spec} has {outputs} outputs; build it with "
             f"--num-classes {len(train.classes)} (a head trained for other classes is re-initialised)"
         )
-    if bundle.classes is not None and list(bundle.classes) != list(train.classes):
+    if not metric_learning and bundle.classes is not None and list(bundle.classes) != list(train.classes):
         raise BadInputError(
             f"{cfg.data}'s class names differ from those {bundle.spec} was trained on; fine-tune it on data of "
             "the same classes, or start from its architecture with --num-classes"
@@ -184,6 +204,8 @@ def finetune(
         return {"val_top1": m["top1"], "val_loss": m["loss"]}
 
     extra_loss, zsr_modules, zsr_losses = _zsr(bundle, pools, cfg, len(train.classes), groups, dev)
+    learner = _MetricLearning(bundle, cfg, train, val, groups, dev) if metric_learning else None
+    extra_modules = zsr_losses + ([learner.criterion] if learner is not None else [])
     base_lrs = [g["lr"] for g in groups]
     optimizer = make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
     schedule = Schedule.parse(cfg.schedule, cfg.warmup)
@@ -199,15 +221,31 @@ def finetune(
         drop_last=len(train) > cfg.batch_size,
         only=pools if cfg.only_pools else None,
     )
+    batches_of = None
+    if learner is not None or cfg.per_class is not None:
+        from ..train.metric import DEFAULT_PER_CLASS, check_pk, pk_batches
+
+        k = cfg.per_class or DEFAULT_PER_CLASS
+        present = int(torch.unique(train.labels).numel())
+        p_classes = cfg.classes_per_batch or max(2, min(present, cfg.batch_size // k))
+        check_pk(train.labels, p_classes, k)
+        setup.batch_size = p_classes * k
+
+        def batches_of(epoch: int) -> list[list[int]]:
+            return pk_batches(train.labels, p_classes, k, cfg.seed, epoch)
+
     files = files or {}
     meta: dict[str, Any] = {"fingerprint": {**cfg.fingerprint(), "parent": lineage}, "best": None}
+    watch = ("val_map_at_r", True) if learner is not None else ("val_top1", True)
     meta["schedule_state"] = schedule.state()
     progress = engine.Progress()
     bundle.module.to(dev)
     if cfg.resume and files.get("state") is not None and files["state"].exists():
-        progress = _resume(files["state"], bundle, optimizer, zsr_losses, meta, schedule)
+        progress = _resume(files["state"], bundle, optimizer, extra_modules, meta, schedule)
     trainable = sum(p.numel() for g in groups for p in g["params"])
-    classes = list(train.classes)
+    # class names name the classifier's outputs: the training classes for cross-entropy; a metric loss leaves the
+    # classifier as it was (or made it an embedding head, which has no classes)
+    classes = list(train.classes) if not metric_learning else bundle.classes
 
     def manifest_bundle(history: list[dict[str, Any]]) -> ModelBundle:
         record = {
@@ -217,38 +255,53 @@ def finetune(
             "trainable_params": trainable,
             "pool_sites": pool_paths,
             "schedule": schedule.describe(),
+            "batch": setup.batch_size,
+            **(
+                {"batches": f"P×K: {setup.batch_size // (cfg.per_class or 4)} classes × {cfg.per_class or 4} images"}
+                if batches_of
+                else {}
+            ),
+            **({"metric_learning": learner.describe()} if learner is not None else {}),
             "final": history[-1],
             "history": history,
         }
         # the parent's facts (its accuracy, its own training) are lineage, not facts of this model
         # the parent by its content (a path would make the same run give other bytes from another folder)
         extra = {"origin": {"weights": "finetuned", "data": cfg.data}, "lineage": lineage, "finetune": record}
+        if learner is not None and learner.head is not None:
+            extra["embedding_head"] = learner.head
+        elif bundle.extra.get("embedding_head") is not None:
+            extra["embedding_head"] = bundle.extra["embedding_head"]
         return dataclasses.replace(bundle, extra=extra, classes=classes)
 
     timings: dict[int, float] = {}
 
     def epoch_done(rec: dict[str, Any], p: engine.Progress) -> None:
         timings[rec["epoch"]] = rec["seconds"]
-        _epoch_files(files, p, timings, meta, manifest_bundle)
+        _epoch_files(files, p, timings, meta, manifest_bundle, watch[0])
         if on_epoch:
             on_epoch(rec)
 
     t0 = time.perf_counter()
-    progress = engine.train(
-        bundle.module,
-        train,
-        optimizer,
-        base_lrs,
-        schedule,
-        setup,
-        progress=progress,
-        extra_loss=extra_loss,
-        extra_modules=zsr_losses,
-        validate=validate if val is not None else None,
-        state_path=files.get("state"),
-        state_meta=meta,
-        on_epoch=epoch_done,
-    )
+    with learner.capturing() if learner is not None else contextlib.nullcontext():
+        progress = engine.train(
+            bundle.module,
+            train,
+            optimizer,
+            base_lrs,
+            schedule,
+            setup,
+            progress=progress,
+            extra_loss=extra_loss,
+            extra_modules=extra_modules,
+            validate=(learner.validate if learner is not None else validate) if val is not None else None,
+            state_path=files.get("state"),
+            state_meta=meta,
+            on_epoch=epoch_done,
+            step_loss=learner.step_loss if learner is not None else None,
+            batches_of=batches_of,
+            metric=watch,
+        )
     for m in zsr_modules:
         m.keep_attributes, m.attributes = False, None
     bundle.module.to("cpu").eval()
@@ -294,19 +347,19 @@ def _resume(path, bundle: ModelBundle, optimizer, extra_modules, meta: dict[str,
     return progress
 
 
-def _epoch_files(files, p: engine.Progress, timings, meta, manifest_bundle) -> None:
-    """After an epoch: the log (rewritten whole from the history, atomically) and the best model."""
+def _epoch_files(files, p: engine.Progress, timings, meta, manifest_bundle, key: str) -> None:
+    """After an epoch: the log (rewritten whole from the history, atomically) and the best model by ``key``."""
     import json
 
     from ..io.atomic import write_text_atomic
     from ..models.checkpoint import save_checkpoint
 
     rec = p.history[-1]
-    if files.get("best") is not None and "val_top1" in rec:
+    if files.get("best") is not None and key in rec:
         best = meta.get("best")
-        if best is None or rec["val_top1"] > best["val_top1"]:
+        if best is None or rec[key] > best[key]:
             save_checkpoint(manifest_bundle(p.history), None, files["best"])
-            meta["best"] = {"epoch": rec["epoch"], "val_top1": rec["val_top1"]}
+            meta["best"] = {"epoch": rec["epoch"], key: rec[key]}
     if files.get("log") is not None:
         lines = [{**h, **({"seconds": timings[h["epoch"]]} if h["epoch"] in timings else {})} for h in p.history]
         write_text_atomic(files["log"], "".join(json.dumps(line) + "\n" for line in lines))
@@ -334,8 +387,11 @@ def _zsr(
     for m in gsps:
         m.keep_attributes = True
 
-    def extra(labels: torch.Tensor) -> torch.Tensor:
-        return cfg.zsr_weight * sum(loss(m.attributes, labels) for m, loss in zip(gsps, losses))
+    def extra(main: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        zsr = sum(loss(m.attributes, labels) for m, loss in zip(gsps, losses))
+        if cfg.loss == "ce":  # the classification reference adds it: CE + w·ZSR
+            return main + cfg.zsr_weight * zsr
+        return (1 - cfg.zsr_weight) * main + cfg.zsr_weight * zsr  # metric learning: (1−w)·L_DML + w·L_ZSR
 
     return extra, gsps, losses
 
@@ -362,3 +418,89 @@ def _reinitialise(bundle: ModelBundle, seed: int) -> None:
         if key.startswith(prefixes):
             state[key] = current[key]
     bundle.module.load_state_dict(state)
+
+
+class _MetricLearning:
+    """A metric-learning fine-tune: the loss on L2-normalised embeddings — the pre-logit features (the classifier's
+    input), or the output of the head when the model was built with ``--embedding-dim`` D (its classifier became a
+    Linear to D) — and MAP@R of the validation embeddings (leave-one-out, cosine; evaluate's retrieval code) as
+    the per-epoch metric."""
+
+    def __init__(self, bundle: ModelBundle, cfg: FinetuneConfig, train, val, groups: list[dict], dev: torch.device):
+        from ..models.embed import EmbeddingTap, classifier_path, find_embedding
+        from ..train.metric import PROXY_LOSSES, PROXY_LR_MULT, MetricCriterion
+
+        self.bundle, self.cfg, self.val, self.dev = bundle, cfg, val, dev
+        self.head = None
+        if cfg.embedding_dim is not None:
+            path = classifier_path(bundle.module)
+            if path is None:
+                raise BadInputError(f"{bundle.spec} has no Linear head to turn into a {cfg.embedding_dim}-d embedding")
+            self.tap = EmbeddingTap(path, "output", f"embedding head: output of {path}")
+            self.head = {"path": path, "dim": cfg.embedding_dim}
+        else:
+            self.tap = find_embedding(bundle)
+        probe = next(iter(make_loader(train, 2)))[0].to(dev)
+        from ..models.embed import capture_embeddings
+
+        with torch.no_grad(), capture_embeddings(bundle.module.to(dev).eval(), self.tap) as box:
+            bundle.module(probe)
+        self.dim = int(box["embedding"].shape[1])
+        self.criterion = MetricCriterion(cfg.loss, len(train.classes), self.dim).to(dev)
+        if cfg.loss in PROXY_LOSSES:
+            groups.append(
+                {"params": list(self.criterion.parameters()), "lr": cfg.lr * PROXY_LR_MULT, "weight_decay": 0.0}
+            )
+        self.box: dict[str, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def capturing(self):
+        from ..models.embed import capture_embeddings
+
+        with capture_embeddings(self.bundle.module, self.tap, detach=False) as box:
+            self.box = box
+            yield
+
+    def step_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+        self.bundle.module(x)
+        return self.criterion(self.box["embedding"], y), None
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        from ..metrics.retrieval import retrieval_metrics
+
+        embs, labels = [], []
+        for x, y in make_loader(self.val, self.cfg.batch_size, self.cfg.workers):
+            self.bundle.module(x.to(self.dev))
+            embs.append(self.box["embedding"].detach().cpu())
+            labels.append(y)
+        res = retrieval_metrics(torch.cat(embs), torch.cat(labels), recall_k=[1], full_map=False, clustering=False)
+        return {"val_map_at_r": res.metrics["map_at_r"], "val_precision_at_1": res.metrics["precision_at_1"]}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.criterion.describe(), "embedding": self.tap.description, "dim": self.dim, "validation": "MAP@R"}
+
+
+def _embedding_head(bundle: ModelBundle, dim: int, seed: int) -> ModelBundle:
+    """The classifier replaced by the head the architecture builds for ``dim`` outputs (a Linear to the
+    embedding, the library's own initialisation, seeded); the manifest's base then says ``num_classes=dim``, so
+    the checkpoint reloads with the head. A model whose head already has ``dim`` outputs keeps it."""
+    from ..models.embed import classifier_path
+    from ..models.spec import build_base
+    from ..models.surgery import apply_swaps, set_submodule
+
+    path = classifier_path(bundle.module)
+    if path is None:
+        raise BadInputError(f"{bundle.spec} has no Linear classifier to turn into a {dim}-d embedding head")
+    if bundle.module.get_submodule(path).out_features == dim:
+        return bundle
+    torch.manual_seed(seed)
+    kwargs = {**bundle.base.get("kwargs", {}), "num_classes": dim}
+    fresh = build_base(bundle.base["source"], bundle.base["name"], kwargs)
+    apply_swaps(fresh, bundle.swaps)
+    set_submodule(bundle.module, path, fresh.get_submodule(path))
+    theirs, mine = fresh.state_dict(), bundle.module.state_dict()
+    if {k: tuple(v.shape) for k, v in theirs.items()} != {k: tuple(v.shape) for k, v in mine.items()}:
+        raise BadInputError(f"{bundle.spec}: its architecture does not build a {dim}-output head at {path}")
+    base = {**bundle.base, "kwargs": kwargs}
+    return dataclasses.replace(bundle, base=base, classes=None, extra={**bundle.extra, "embedding_head": None})

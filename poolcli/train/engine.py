@@ -83,20 +83,34 @@ def train(
     setup: Setup,
     *,
     progress: Progress | None = None,
-    extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     extra_modules: list[nn.Module] = (),
     validate: Callable[[], dict[str, float]] | None = None,
     state_path: Any = None,
     state_meta: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any], Progress], None] | None = None,
+    step_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+    batches_of: Callable[[int], list[list[int]]] | None = None,
+    metric: tuple[str, bool] = ("val_top1", True),
 ) -> Progress:
-    """Train from ``progress`` (default: the start) to the end; returns the final progress. ``state_path``: where
+    """Train from ``progress`` (default: the start) to the end; returns the final progress. ``extra_loss(loss, y)``
+    combines the batch's loss with a regulariser read from the forward (GSP's ZSR). ``state_path``: where
     the training state goes after every epoch and on interruption (``state_meta``, which ``on_epoch`` may update,
-    is written with it)."""
+    is written with it). ``step_loss(x, y)``: the loss of a batch and the logits for the training accuracy (None:
+    not a classifier's); default cross-entropy with label smoothing. ``batches_of(epoch)``: the epoch's batches
+    of dataset indices (a pure function of the epoch); default a seeded permutation. ``metric``: the record's key
+    the plateau schedule watches and whether higher is better (the training loss when the key is missing)."""
     p = progress or Progress()
     n = len(dataset)  # type: ignore[arg-type]
-    spe = steps_per_epoch(n, setup.batch_size, setup.drop_last)
+    batches_of = batches_of or (lambda e: epoch_batches(n, setup, e))
+    spe = len(batches_of(0))
     module.to(setup.device)
+
+    def cross_entropy(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = module(x)
+        return F.cross_entropy(logits, y, label_smoothing=setup.label_smoothing), logits
+
+    step_loss = step_loss or cross_entropy
 
     def save() -> None:
         if state_path is not None:
@@ -111,13 +125,13 @@ def train(
             for m in setup.only:
                 m.train()
         t0 = time.perf_counter()
-        batches = epoch_batches(n, setup, epoch)[p.step :]
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=setup.workers)
+        every = batches_of(epoch)
+        loader = DataLoader(dataset, batch_sampler=every[p.step :], num_workers=setup.workers)
         loss_sum, correct, seen = p.sums
-        done = sum(len(b) for b in epoch_batches(n, setup, epoch)[: p.step])
+        done = sum(len(b) for b in every[: p.step])
         label = f"train epoch {epoch + 1}/{setup.epochs}"
         try:
-            with task(label, spe * setup.batch_size if setup.drop_last else n, unit="images") as advance:
+            with task(label, sum(len(b) for b in every), unit="images") as advance:
                 if done:
                     advance(done)
                 for step, (x, y) in enumerate(loader, p.step):
@@ -128,10 +142,9 @@ def train(
                     f = schedule.factor(epoch, step, spe, setup.epochs)
                     for g, base in zip(optimizer.param_groups, base_lrs):
                         g["lr"] = base * f
-                    logits = module(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=setup.label_smoothing)
+                    loss, logits = step_loss(x, y)
                     if extra_loss is not None:
-                        loss = loss + extra_loss(y)
+                        loss = extra_loss(loss, y)
                     if not bool(torch.isfinite(loss.detach())):
                         raise RunError(
                             f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
@@ -145,7 +158,7 @@ def train(
                         torch.nn.utils.clip_grad_norm_(params, setup.clip_grad)
                     optimizer.step()
                     loss_sum += float(loss.detach()) * y.numel()
-                    correct += int((logits.argmax(1) == y).sum())
+                    correct += int((logits.argmax(1) == y).sum()) if logits is not None else 0
                     seen += int(y.numel())
                     p.step, p.sums = step + 1, (loss_sum, correct, seen)
                     advance(int(y.numel()))
@@ -155,14 +168,14 @@ def train(
         rec: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(seen, 1),
-            "train_top1": correct / max(seen, 1),
+            **({"train_top1": correct / max(seen, 1)} if step_loss is cross_entropy else {}),
             "lr": base_lrs[0] * schedule.factor(epoch, spe - 1, spe, setup.epochs),
         }
         if validate is not None:
             module.eval()
             rec.update(validate())
-        metric, higher = (rec["val_top1"], True) if "val_top1" in rec else (rec["loss"], False)
-        schedule.end_epoch(metric, higher)
+        watched, higher = (rec[metric[0]], metric[1]) if metric[0] in rec else (rec["loss"], False)
+        schedule.end_epoch(watched, higher)
         p.history.append(rec)
         p.epoch, p.step, p.sums = epoch + 1, 0, (0.0, 0, 0)
         if on_epoch:  # before the state: what it writes (best model, log) is then never ahead of the state
