@@ -599,11 +599,28 @@ def evaluate(
             f"{', '.join(others)} on the clean set (e.g. cifar10:PATH)"
         )
     robust_opts = (corruptions, severities, perturbations, shift, baseline, corruption_table)
-    if not robust and any(v is not None for v in robust_opts):
+    if not robust and (any(v is not None for v in robust_opts) or shift_passes != 5):
         raise BadInputError(
-            "--corruptions/--severities/--perturbations/--shift/--baseline are for robustness: add --metrics robustness"
+            "--corruptions/--severities/--perturbations/--shift/--shift-passes/--baseline are for robustness: add "
+            "--metrics robustness"
         )
-    bundles = []
+    baseline_index = None
+    if robust and baseline is not None and _is_model_spec(baseline):
+        baseline_index = next((i for i, s in enumerate(models) if _same_model(s, baseline)), None)
+        if baseline_index is None:  # a model of its own: evaluated like the others, marked as the baseline
+            models, weights = [*models, baseline], [*weights, None]
+            baseline_index = len(models) - 1
+    bundles: list[ModelBundle] = []
+    plan = None
+    robust_plan = dict(
+        corruptions=corruptions,
+        severities=severities,
+        perturbations=perturbations,
+        shift=shift,
+        shift_passes=shift_passes,
+        table=corruption_table,
+        seed=seed,
+    )
     for spec, w in zip(models, weights):
         opts = dict(options, **({"weights": w} if w is not None else {}))
         if isinstance(spec, (str, Path)) and is_checkpoint_spec(str(spec)):
@@ -611,6 +628,11 @@ def evaluate(
                 opts.pop(key, None)
         bundle = load_model(spec, **opts)
         bundles.append(bundle)
+        if robust:  # checked before any work: the plan (names, severities, tables, shift) and the channels
+            from .pipeline import robustness as R
+
+            plan = plan or R.make_plan(data, bundle, **robust_plan)
+            R.check_channels(plan, bundles)
         warn_if_random(bundle, "evaluating")
         if not others:
             results.append({**model_record(bundle), "notes": []})
@@ -647,7 +669,6 @@ def evaluate(
     if robust:
         robust_doc = _robustness(
             data,
-            models,
             bundles,
             results,
             dev,
@@ -657,17 +678,10 @@ def evaluate(
             allow_class_mismatch,
             folder,
             plots,
-            dict(
-                corruptions=corruptions,
-                severities=severities,
-                perturbations=perturbations,
-                shift=shift,
-                shift_passes=shift_passes,
-                table=corruption_table,
-                seed=seed,
-            ),
+            plan,
+            seed,
             baseline,
-            options,
+            baseline_index,
         )
     comparisons = compare_models(results, seed)
     if folder is not None and "retrieval" in families:
@@ -715,9 +729,28 @@ def _plot_folder(plot: Path | str | None) -> Path | None:
     return folder
 
 
+def _is_model_spec(text: Any) -> bool:
+    """--baseline: a model spec (checkpoint file, timm:/tv:/poolcli:), not a baseline table or JSON file."""
+    from .metrics.robustness import BUILTIN_BASELINES
+
+    t = str(text)
+    if t in BUILTIN_BASELINES:
+        return False
+    if t.partition(":")[0] in ("timm", "tv", "poolcli") or Path(t).suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        return True
+    return not Path(t).is_file() and not t.endswith(".json")  # a missing path: let load_model name the problem
+
+
+def _same_model(a: Any, b: Any) -> bool:
+    """The same model spec (files compared by their resolved path)."""
+    if str(a) == str(b):
+        return True
+    pa, pb = Path(str(a)), Path(str(b))
+    return pa.is_file() and pb.is_file() and pa.resolve() == pb.resolve()
+
+
 def _robustness(
     data: Any,
-    specs: list[Any],
     bundles: list[ModelBundle],
     results: list[dict[str, Any]],
     dev: torch.device,
@@ -727,39 +760,30 @@ def _robustness(
     allow_class_mismatch: bool,
     folder: Path | None,
     plots: list[str],
-    plan_options: dict[str, Any],
+    plan: Any,
+    seed: int,
     baseline: Any,
-    options: dict[str, Any],
+    baseline_index: int | None,
 ) -> dict[str, Any]:
-    """evaluate's robustness family: every model (and a baseline model) in one pass; fills each result's
-    ``robustness`` block and paired vectors, returns the protocol."""
-    from .metrics.robustness import BUILTIN_BASELINES, load_baseline
-    from .models.spec import is_checkpoint_spec
+    """evaluate's robustness family: every model (the baseline model among them, at ``baseline_index``) in one
+    pass; fills each result's ``robustness`` block and paired vectors, returns the protocol."""
+    from .metrics.robustness import load_baseline
     from .pipeline import robustness as R
     from .robust import corruptions as C
     from .robust import perturbations as P
 
-    plan = R.make_plan(data, bundles[0], **plan_options)
     runners = list(bundles)
     base_file, base_model = None, None
-    if baseline is not None:
-        text = str(baseline)
-        if text in BUILTIN_BASELINES or text.endswith(".json"):
-            base_file = load_baseline(text, C.CORRUPTIONS + tuple(C.LEFT_OUT), P.PERTURBATIONS + tuple(P.LEFT_OUT))
-        else:
-            index = next((i for i, s in enumerate(specs) if str(s) == text), None)
-            if index is None:
-                opts = dict(options)
-                if is_checkpoint_spec(text):
-                    for key in ("pretrained", "num_classes", "in_chans"):
-                        opts.pop(key, None)
-                runners.append(load_model(text, **opts))
-                index = len(runners) - 1
-                results.append({**model_record(runners[-1]), "notes": []})
-            base_model = (index, runners[index].spec)
+    if baseline_index is not None:
+        base_model = (baseline_index, runners[baseline_index].spec)
+    elif baseline is not None:
+        base_file = load_baseline(
+            str(baseline), C.CORRUPTIONS + tuple(C.LEFT_OUT), P.PERTURBATIONS + tuple(P.LEFT_OUT), plan.table
+        )
     ds, info = R.open_pixels(data, bundles[0], plan, select)
     for b, res in zip(runners, results):
-        res["notes"] = list(dict.fromkeys(res["notes"] + check_classes(b, ds, allow_class_mismatch)))
+        if getattr(ds, "classes", None) is not None:  # published sequences without labels.npy name no classes
+            res["notes"] = list(dict.fromkeys(res["notes"] + check_classes(b, ds, allow_class_mismatch)))
         res.setdefault("dataset", getattr(ds, "description", str(data)))
     records, extra = R.run(runners, ds, plan, dev, batch_size, workers, examples=folder is not None)
     summaries = R.summarise(plan, records, base_file, base_model)
@@ -770,8 +794,14 @@ def _robustness(
         res.setdefault("_items", summary["_items"])
         if base_model is not None and i == base_model[0]:
             res["role"] = "baseline"
-    proto = R.protocol(plan, info, plan_options["seed"], batch_size)
+    proto = R.protocol(plan, info, seed, batch_size)
     proto["baseline"] = base_file["source"] if base_file else (base_model[1] if base_model else None)
+    if base_file is not None:
+        proto["baseline_values"] = {
+            "corruptions": base_file["errors"],
+            "clean_error": base_file["clean_error"],
+            "flip_probability": base_file["flip_probability"],
+        }
     proto["cost"] = {k: v for k, v in cost.items() if k != "forward_ms_per_image"}
     if folder is not None:
         from .pipeline import evalplots

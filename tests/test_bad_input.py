@@ -170,6 +170,9 @@ def h(tmp_path_factory):
     # robustness: baselines and published arrays that are broken in one way each
     (h / "baseline-bad.json").write_text('{"corruptions": {"gausian_noise": 0.5}}')
     (h / "baseline-junk.json").write_text("not json at all")
+    (h / "baseline-flips.json").write_text('{"corruptions": {"gaussian_noise": 0.5}, "flip_probability": [1, 2]}')
+    (h / "baseline-deep.json").write_text("[" * 100000)
+    (h / "baseline-bigint.json").write_text('{"corruptions": {"contrast": ' + "9" * 5001 + "}}")
     import numpy as np
 
     for name, labels, arr in (
@@ -181,6 +184,12 @@ def h(tmp_path_factory):
         (h / name).mkdir()
         np.save(h / name / "labels.npy", labels)
         np.save(h / name / "contrast.npy", arr)
+    (h / "c10c-biglabel").mkdir()
+    np.save(h / "c10c-biglabel" / "labels.npy", np.full(10, 2**40, np.uint64))
+    np.save(h / "c10c-biglabel" / "contrast.npy", np.zeros((10, 8, 8, 3), np.uint8))
+    (h / "c10c-fifo").mkdir()
+    np.save(h / "c10c-fifo" / "labels.npy", np.zeros(10, np.uint8))
+    os.mkfifo(h / "c10c-fifo" / "contrast.npy")
     (h / "c10c-empty").mkdir()
     np.save(h / "c10c-empty" / "labels.npy", np.zeros(10, np.uint8))
     (h / "c10p-one-frame").mkdir()
@@ -441,6 +450,32 @@ CASES = [
     ("severity-zero", [*EV, "digits:test", *RB, "--severities", "0-3"], 2, "--severities"),
     ("severity-six", [*EV, "digits:test", *RB, "--severities", "6"], 2, "--severities"),
     ("severity-text", [*EV, "digits:test", *RB, "--severities", "high"], 2, "--severities"),
+    ("severity-huge-range", [*EV, "digits:test", *RB, "--severities", "1-99999999999"], 2, "--severities"),
+    ("corruptions-empty", [*EV, "digits:test", *RB, "--corruptions", ""], 2, "--corruptions is empty"),
+    ("corruptions-all-none", [*EV, "digits:test", *RB, "--corruptions", "all,none"], 2, "stand alone"),
+    ("shift-passes-without-robustness", [*EV, "digits:test", "--shift-passes", "3"], 2, "--metrics robustness"),
+    (
+        "robustness-two-channels",
+        ["evaluate", "poolcli:convnet4", "--in-chans", "2", "--num-classes", "10", "--data", "digits:test", *RB],
+        2,
+        "grey or RGB",
+    ),
+    (
+        "baseline-alexnet-cifar-table",
+        [*EV, "digits:test", *RB, "--baseline", "alexnet-imagenet-c"],
+        2,
+        "ImageNet table",
+    ),
+    (
+        "baseline-flips-not-object",
+        [*EV, "digits:test", *RB, "--baseline", "{H}/baseline-flips.json"],
+        2,
+        "must be an object",
+    ),
+    ("baseline-deep-json", [*EV, "digits:test", *RB, "--baseline", "{H}/baseline-deep.json"], 2, "not JSON"),
+    ("baseline-huge-int", [*EV, "digits:test", *RB, "--baseline", "{H}/baseline-bigint.json"], 2, "not JSON"),
+    ("cifar10c-huge-label", [*EV, "cifar10c:{H}/c10c-biglabel", "--metrics", "robustness"], 2, "not a class index"),
+    ("cifar10c-fifo", [*EV, "cifar10c:{H}/c10c-fifo", "--metrics", "robustness"], 2, "not a regular file"),
     ("perturbation-unknown", [*EV, "digits:test", *RB, "--perturbations", "wobble"], 2, "unknown name"),
     ("shift-zero", [*EV, "digits:test", *RB, "--shift", "0"], 2, "--shift"),
     ("shift-huge", [*EV, "digits:test", *RB, "--shift", "500"], 2, "--shift"),

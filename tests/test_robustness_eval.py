@@ -96,11 +96,14 @@ def test_baseline_model_and_file_give_the_same_ce(tmp_path, two_models):
     assert from_file["ce"] == pytest.approx(ce["ce"]) and from_file["relative_ce"] == pytest.approx(ce["relative_ce"])
 
 
-def test_builtin_alexnet_baseline_needs_all_severities():
-    doc = _robust([CNN], baseline="alexnet-imagenet-c")
+def test_builtin_alexnet_baseline_needs_the_imagenet_table_and_all_severities():
+    with pytest.raises(BadInputError, match="only the ImageNet table"):
+        _robust([CNN], baseline="alexnet-imagenet-c")  # 32 px digits: the CIFAR table
+    doc = _robust([CNN], baseline="alexnet-imagenet-c", corruption_table="imagenet")
     c = doc["results"][0]["robustness"]["corruptions"]
     assert c["ce"] == {} and "evaluate all five" in c["ce_undefined"]["contrast"]
-    doc = _robust([CNN], baseline="alexnet-imagenet-c", severities="1-5", perturbations="none", shift="none")
+    kw = dict(severities="1-5", perturbations="none", shift="none", corruption_table="imagenet")
+    doc = _robust([CNN], baseline="alexnet-imagenet-c", **kw)
     c = doc["results"][0]["robustness"]["corruptions"]
     want = sum(c["errors"]["contrast"].values()) / (5 * 0.853204)
     assert c["ce"]["contrast"] == pytest.approx(want)
@@ -287,6 +290,43 @@ def test_large_photos_use_the_imagenet_table_and_zhang_crops(photos):
     assert proto["shift_canvas"]["input_size"] == [3, 104, 104] and proto["shift_canvas"]["crop_pct"] == 1.0
     assert proto["pixels"]["input_size"] == [3, 96, 96] and proto["pixels"]["mean"] is None
     r = doc["results"][0]["robustness"]
-    assert r["images"] == 12 and r["shift"]["diagonal_shift"] == list(range(9))
+    assert r["images"] == 12 and r["shift"]["diagonal_shift"] == list(range(-4, 5))  # from the centre window
     assert 0 <= r["shift"]["consistency"] <= 1
     assert proto["perturbation_parameters"]["translate"]  # the ImageNet-P parameters recorded
+
+
+def test_baseline_model_joins_every_family(tmp_path):
+    """A --baseline model that is not among the models is evaluated for every requested family, as a model of
+    its own marked as the baseline."""
+    doc = api.evaluate(
+        [str(CNN)],
+        "digits:test",
+        metrics=["classification", "robustness"],
+        baseline=f"{RESNET.parent}/./{RESNET.name}",  # the same file by another path is recognised too
+        **SMALL,
+        **PLAN,
+        shift="none",
+    )
+    model, base = doc["results"]
+    assert base["role"] == "baseline" and "top1" in base and "robustness" in base
+    again = api.evaluate(
+        [str(CNN), str(RESNET)],
+        "digits:test",
+        metrics=["robustness"],
+        baseline=str(RESNET),
+        **SMALL,
+        **PLAN,
+        shift="none",
+    )
+    assert len(again["results"]) == 2 and again["results"][1]["role"] == "baseline"
+
+
+def test_a_perturbation_only_report_is_a_baseline(tmp_path):
+    report = tmp_path / "p.json"
+    one = _robust([RESNET], corruptions="none", shift="none")
+    report.write_text(json.dumps(one))
+    doc = _robust([CNN], corruptions="none", shift="none", baseline=str(report))
+    p = doc["results"][0]["robustness"]["perturbations"]
+    base = one["results"][0]["robustness"]["perturbations"]["flip_probability"]["translate"]
+    assert p["flip_rate"]["translate"] == (pytest.approx(p["flip_probability"]["translate"] / base) if base else None)
+    assert doc["robustness_protocol"]["baseline_values"]["flip_probability"] == {"translate": base}

@@ -68,7 +68,8 @@ def evaluate_cmd(
             metavar="FAMILIES",
             help="Comma list of metric families: classification (top-1/5, macro, NLL, ECE), retrieval (P@1, "
             "R@K, R-precision, MAP@R, MAP, MRR, NMI/AMI of the embeddings), separability (S_b/S_w of seed 001 "
-            "eq. 8 and tr(S_w⁻¹S_b) of the embeddings). One pass over the data feeds all.",
+            "eq. 8 and tr(S_w⁻¹S_b) of the embeddings), robustness (corruption errors and CE, perturbation flip "
+            "probabilities, shift consistency: all models in one pass). One pass over the data feeds all.",
         ),
     ] = "classification",
     embed_site: Annotated[
@@ -183,7 +184,7 @@ def evaluate_cmd(
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
-    """Classification and retrieval metrics of each model on a dataset.
+    """Classification, retrieval, separability and robustness metrics of each model on a dataset.
 
     Example: poolcli evaluate fixtures/digits-cnn.safetensors fixtures/digits-resnet.safetensors
     --data digits:test --metrics classification,retrieval --json
@@ -342,7 +343,10 @@ def _robustness_tables(doc: dict, data: str) -> None:
     num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     proto = doc["robustness_protocol"]
     results = doc["results"]
-    heads = [Path(r["model"]).name + (" (baseline)" if r.get("role") == "baseline" else "") for r in results]
+    names = [Path(r["model"]).name for r in results]
+    if len(set(names)) < len(names):  # the same file name in two folders: number them
+        names = [f"{i + 1}: {n}" for i, n in enumerate(names)]
+    heads = [n + (" (baseline)" if r.get("role") == "baseline" else "") for n, r in zip(names, results)]
     blocks = [r["robustness"] for r in results]
 
     def table(title: str, rows: list[tuple[str, list[str]]]) -> None:
@@ -360,8 +364,8 @@ def _robustness_tables(doc: dict, data: str) -> None:
         rows += [(n, [pct(c["unnormalized_ce"][n]) for c in cs]) for n in cs[0]["unnormalized_ce"]]
         rows.append(("mean (unnormalised mCE)", [pct(c["unnormalized_mce"]) for c in cs]))
         if "mce" in cs[0]:
-            rows.append((f"mCE vs {Path(cs[0]['baseline']).name}", [pct(c["mce"]) for c in cs]))
-            rows.append(("relative mCE", [pct(c["relative_mce"]) for c in cs]))
+            rows.append((f"mCE, % of {Path(cs[0]['baseline']).name}'s", [pct(c["mce"]) for c in cs]))
+            rows.append(("relative mCE, %", [pct(c["relative_mce"]) for c in cs]))
         sev = ",".join(str(s) for s in proto["severities"])
         table(f"corruption error on {data}, % ({proto['table']} table, mean over severities {sev})", rows)
     if "perturbations" in blocks[0]:
@@ -369,16 +373,16 @@ def _robustness_tables(doc: dict, data: str) -> None:
         rows = [(n, [pct(p["flip_probability"][n]) for p in ps]) for n in ps[0]["flip_probability"]]
         rows.append(("mean flip probability", [pct(p["mean_flip_probability"]) for p in ps]))
         if "mfr" in ps[0]:
-            rows.append(("mFR (flip rate vs baseline)", [num(p["mfr"]) for p in ps]))
-        rows.append(("mT5D (mean top-5 distance)", [num(p["mean_top5_distance"]) for p in ps]))
-        table(f"flip probability on {data}, %", rows)
+            rows.append(("mFR: flip rate, ratio to the baseline", [num(p["mfr"]) for p in ps]))
+        rows.append(("mean top-5 distance (not normalised)", [num(p["mean_top5_distance"]) for p in ps]))
+        table(f"flip probability on {data}, % (other units in the row names)", rows)
     if "shift" in blocks[0]:
         sh = proto["shift"]
         ss = [b["shift"] for b in blocks]
         zero = ss[0]["diagonal_shift"].index(0)
         rows = [
             ("consistency", [pct(s["consistency"]) for s in ss]),
-            ("accuracy, no shift", [pct(s["diagonal_accuracy"][zero]) for s in ss]),
+            ("accuracy, centre window", [pct(s["diagonal_accuracy"][zero]) for s in ss]),
             ("worst diagonal shift accuracy", [pct(min(s["diagonal_accuracy"])) for s in ss]),
         ]
         title = (

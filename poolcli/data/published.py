@@ -25,9 +25,12 @@ from ..text import first_sentence, quote
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 C_SEVERITIES = 5
+MAX_LABEL = 100_000  # more classes than any benchmark: a larger label is a broken file, not a class
 
 
 def _load(path: Path) -> np.ndarray:
+    if path.exists() and not path.is_file():
+        raise BadInputError(f"{path} is not a regular file (a device, FIFO or folder); give the published .npy array")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
@@ -49,6 +52,10 @@ def _labels(path: Path, n_expected: int | None) -> np.ndarray:
         )
     if arr.size and int(arr.min()) < 0:
         raise BadInputError(f"{path}: label {int(arr.min())} is negative; labels are class indices")
+    if arr.size and int(arr.max()) > MAX_LABEL:
+        raise BadInputError(
+            f"{path}: label {int(arr.max())} is not a class index (at most {MAX_LABEL:,}); a broken file"
+        )
     return np.asarray(arr, dtype=np.int64)
 
 
@@ -87,7 +94,7 @@ class CorruptionArrays:
                 f"cifar10c folder not found: {quote(self.folder)}; point cifar10c:DIR at the extracted CIFAR-10-C"
             )
         labels_path = self.folder / "labels.npy"
-        if not labels_path.is_file():
+        if not labels_path.exists() and not labels_path.is_symlink():
             raise BadInputError(
                 f"{labels_path} not found: CIFAR-10-C's folder holds labels.npy next to <corruption>.npy"
             )
@@ -106,7 +113,7 @@ class CorruptionArrays:
         self.ignored = sorted(p.name for p in self.folder.glob("*.npy") if p.stem not in known and p.stem != "labels")
         for name in known:
             path = self.folder / f"{name}.npy"
-            if not path.is_file():
+            if not path.exists() and not path.is_symlink():
                 continue
             arr = _load(path)
             _image_array(path, arr, 1)
@@ -148,7 +155,7 @@ class PerturbationArrays:
         n = None
         for name in known:
             path = self.folder / f"{name}.npy"
-            if not path.is_file():
+            if not path.exists() and not path.is_symlink():
                 continue
             arr = _load(path)
             _image_array(path, arr, 2)
@@ -169,10 +176,10 @@ class PerturbationArrays:
             raise BadInputError(f"the arrays in {self.folder} have different image shapes {sorted(shapes)}")
         self.image_shape = next(iter(shapes))
         labels_path = self.folder / "labels.npy"
-        self.has_labels = labels_path.is_file()
+        self.has_labels = labels_path.exists() or labels_path.is_symlink()
         lab = _labels(labels_path, n) if self.has_labels else np.zeros(n, dtype=np.int64)
         self.labels = torch.from_numpy(lab.copy())
-        self.classes = _classes(self.folder, lab)
+        self.classes = _classes(self.folder, lab) if self.has_labels else None  # flips need no classes
         self.names = tuple(self.arrays)
         self.frames = {k: int(a.shape[1]) for k, a in self.arrays.items()}
         self.description = f"cifar10p:{self.folder} ({n} sequences × {len(self.names)} perturbations)"

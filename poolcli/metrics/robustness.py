@@ -165,10 +165,18 @@ def corruption_summary(
     out["baseline"] = baseline["source"]
     out["ce"] = ce
     out["mce"] = _mean(list(ce.values()))
+    out["mce_over"] = [c for c, v in ce.items() if v is not None]
     out["relative_ce"] = rel
     out["relative_mce"] = _mean(list(rel.values()))
+    out["relative_mce_over"] = [c for c, v in rel.items() if v is not None]
     if clean_error is None or b_clean is None:
         out["relative_ce_undefined"] = "relative CE needs the clean error of the model and of the baseline"
+    elif any(v is None for v in rel.values()):
+        out["relative_ce_undefined"] = {
+            c: "the baseline's errors do not exceed its clean error (denominator ≤ 0)"
+            for c, v in rel.items()
+            if v is None
+        }
     if why:
         out["ce_undefined"] = why
     return out
@@ -190,6 +198,14 @@ def perturbation_summary(
     base = baseline["flip_probability"]
     rate = {p: (fp / float(base[p]) if base.get(p) else None) for p, fp in flip.items()}
     out |= {"baseline": baseline["source"], "flip_rate": rate, "mfr": _mean(list(rate.values()))}
+    out["mfr_over"] = [p for p, v in rate.items() if v is not None]
+    why = {
+        p: "the baseline has no flip probability for it" if p not in base else "the baseline never flips (0)"
+        for p, v in rate.items()
+        if v is None
+    }
+    if why:
+        out["flip_rate_undefined"] = why
     return out
 
 
@@ -199,15 +215,24 @@ def _number(v: Any, where: str) -> float:
     return float(v)
 
 
-def load_baseline(path: str | Path, known: Sequence[str], perturbations: Sequence[str] = ()) -> dict[str, Any]:
+def load_baseline(
+    path: str | Path, known: Sequence[str], perturbations: Sequence[str] = (), table: str | None = None
+) -> dict[str, Any]:
     """A baseline keyed by corruption name: a built-in table (``alexnet-imagenet-c``) or a JSON file
 
     ``{"corruptions": {"gaussian_noise": 0.88 | [e1, .., e5] | {"1": e1, ..}, ...}, "clean_error": 0.43,
     "flip_probability": {"translate": 0.05, ...}}`` — e.g. the ``robustness`` block of an earlier
     ``poolcli evaluate --json`` run, which this also reads. Unknown names are refused (a misspelt name would
-    otherwise silently drop a corruption from mCE)."""
+    otherwise silently drop a corruption from mCE). ``table``: the run's severity table; the AlexNet ImageNet-C
+    errors normalise only errors made with the ImageNet table."""
     text = str(path)
     if text in BUILTIN_BASELINES:
+        if table not in (None, "imagenet"):
+            raise BadInputError(
+                f"--baseline {text} holds AlexNet's ImageNet-C errors: they normalise only the ImageNet table "
+                f"(images > 84 px, or --corruption-table imagenet), not this run's {table} table; give a baseline "
+                "model or file instead"
+            )
         return {"source": text, "errors": dict(BUILTIN_BASELINES[text]), "clean_error": None, "flip_probability": {}}
     p = Path(text)
     if not p.is_file():
@@ -215,9 +240,11 @@ def load_baseline(path: str | Path, known: Sequence[str], perturbations: Sequenc
             f"--baseline {quote(text)}: not a file or model; give a model spec, a baseline JSON, or one of "
             f"{', '.join(BUILTIN_BASELINES)}"
         )
+    if p.stat().st_size > 64 << 20:
+        raise BadInputError(f"baseline file {quote(text)} is larger than 64 MiB; a baseline is a small JSON")
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BadInputError(
             f"baseline file {quote(text)} is not JSON ({type(e).__name__}): give a baseline JSON"
         ) from None
@@ -225,15 +252,18 @@ def load_baseline(path: str | Path, known: Sequence[str], perturbations: Sequenc
         if not doc["results"] or not isinstance(doc["results"][0], dict) or "robustness" not in doc["results"][0]:
             raise BadInputError(f"baseline file {quote(text)} holds no robustness results")
         doc = doc["results"][0]["robustness"]
-    if isinstance(doc, dict) and isinstance(doc.get("corruptions"), dict) and "errors" in doc["corruptions"]:
-        block = doc["corruptions"]  # the robustness block of a report
-        doc = {
-            "corruptions": block["errors"],
-            "clean_error": block.get("clean_error"),
-            "flip_probability": (doc.get("perturbations") or {}).get("flip_probability", {}),
+    if isinstance(doc, dict) and "clean_error" in doc and ("perturbations" in doc or "shift" in doc or "images" in doc):
+        block = doc.get("corruptions") if isinstance(doc.get("corruptions"), dict) else {}
+        pert = doc.get("perturbations") if isinstance(doc.get("perturbations"), dict) else {}
+        doc = {  # the robustness block of a report: its errors and flip probabilities
+            "corruptions": block.get("errors", {}),
+            "clean_error": doc.get("clean_error"),
+            "flip_probability": pert.get("flip_probability", {}),
         }
     if not isinstance(doc, dict) or not isinstance(doc.get("corruptions", {}), dict):
         raise BadInputError(f"baseline file {quote(text)}: expected an object with a 'corruptions' object by name")
+    if not isinstance(doc.get("flip_probability") or {}, dict):
+        raise BadInputError(f"baseline file {quote(text)}: 'flip_probability' must be an object by perturbation name")
     errors: dict[str, Any] = {}
     for name, v in (doc.get("corruptions") or {}).items():
         if name not in known:

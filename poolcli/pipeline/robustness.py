@@ -76,10 +76,14 @@ def _names(
     if text is None:
         return list(defaults)
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
+    if not items:
+        raise BadInputError(f"{option} is empty: give names, all or none")
     if items == ["none"]:
         return []
     if items == ["all"]:
         return list(implemented)
+    if {"all", "none"} & set(items):
+        raise BadInputError(f"{option}: all and none stand alone; give one of them, or a list of names")
     out = []
     for name in items:
         if name in left_out:
@@ -100,7 +104,10 @@ def parse_severities(text: str | Sequence[int] | None) -> list[int]:
             vals: list[int] = []
             for part in text.split(","):
                 a, sep, b = part.strip().partition("-")
-                vals.extend(range(int(a), int(b) + 1) if sep else [int(a)])
+                lo, hi = (int(a), int(b)) if sep else (int(a), int(a))
+                if not 1 <= lo <= hi <= 5:
+                    raise ValueError
+                vals.extend(range(lo, hi + 1))
         else:
             vals = [int(v) for v in text]
     except ValueError:
@@ -191,6 +198,25 @@ def make_plan(
     return Plan(corr, sevs, pert, shift, shift_passes, chosen, how, protocol, seed, c_arrays, p_arrays, dropped)
 
 
+def check_channels(plan: Plan, bundles: Sequence[ModelBundle]) -> None:
+    """The alterations are defined on grey or RGB pixels, and every model must take those (or grey/one channel,
+    adapted by repetition or the channel mean)."""
+    arrays = plan.corruption_arrays or plan.perturbation_arrays
+    c = arrays.image_shape[-1] if arrays is not None else bundles[0].transform.input_size[0]
+    if c not in (1, 3):
+        raise BadInputError(
+            f"{bundles[0].spec} takes {c}-channel images; corruptions and perturbations are defined on grey or RGB "
+            "images: evaluate robustness with a 1- or 3-channel model first"
+        )
+    for b in bundles:
+        m = b.transform.input_size[0]
+        if m not in (c, 1) and c != 1:
+            raise BadInputError(
+                f"{b.spec} takes {m}-channel images but the altered images are {c}-channel; evaluate it in a "
+                "separate run"
+            )
+
+
 def image_seeds(seed: int, what: str, index: torch.Tensor) -> list[int]:
     """Image i's seed for alteration ``what``: independent of batches and ranks."""
     base = int.from_bytes(hashlib.blake2b(f"{seed}/{what}".encode(), digest_size=7).digest(), "little")
@@ -257,6 +283,12 @@ def open_pixels(data: Any, first: ModelBundle, plan: Plan, select: dict[str, Any
         geometry = dataclasses.replace(prep.geometry, crop_pct=1.0, resize=None)
         canvas = Preprocess((c, h + 2 * s, w + 2 * s), zeros, ones, geometry)
     ds = open_dataset(str(data), transform=pixels, default_split="test", **select)
+    if ds.raw.channels == 1 and c == 3:  # grey images repeated to RGB: colour corruptions would do nothing
+        grey = [n for n in plan.corruptions if C.needs_colour(n)]
+        plan.dropped |= {n: "needs colour images; the data are grey" for n in grey}
+        plan.corruptions = [n for n in plan.corruptions if n not in grey]
+        if not plan.corruptions and not plan.perturbations and plan.shift is None:
+            raise BadInputError("nothing to measure: the chosen corruptions need colour images and the data are grey")
     out = _Pixels(ds, canvas)
     out.labels, out.classes = ds.labels, ds.classes  # type: ignore[attr-defined]
     out.description = getattr(ds, "description", str(data))  # type: ignore[attr-defined]
@@ -276,7 +308,7 @@ class _Models:
             b.module.eval().to(dev)
 
     @torch.inference_mode()
-    def logits(self, m: int, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, m: int, x: torch.Tensor, what: str = "altered") -> torch.Tensor:
         b = self.bundles[m]
         out = []
         for chunk in x.split(self.batch):
@@ -292,7 +324,10 @@ class _Models:
             out.append(y.float().cpu())
         logits = torch.cat(out)
         if not bool(torch.isfinite(logits).all()):
-            raise RunError(f"{b.spec} gives NaN/inf outputs on altered images; no robustness is reported from them")
+            raise RunError(
+                f"{b.spec} gives NaN/inf outputs on {what} images; check its weights and preprocessing (--mean/--std); "
+                "no robustness is reported from them"
+            )
         return logits
 
 
@@ -333,7 +368,7 @@ def run(
             have = pix.numel() > 0
             if have:
                 for m in range(len(bundles)):
-                    lg = models.logits(m, pix)
+                    lg = models.logits(m, pix, "clean")
                     recs[m]["clean"].append(lg.argmax(1) == y)
             _corruptions(plan, models, recs, pix if have else None, y, idx, gen_s, shown if examples else None)
             _perturbations(plan, models, recs, pix if have else None, idx, gen_s, shown if examples else None)
@@ -487,9 +522,7 @@ def summarise(
                 "consistency": float(per_pass.mean()),
                 "consistency_per_pass": [float(v) for v in per_pass],
                 "diagonal_offsets": list(range(2 * plan.shift + 1)),
-                "diagonal_shift": [d - plan.shift for d in range(2 * plan.shift + 1)]
-                if plan.shift_protocol == "small"
-                else list(range(2 * plan.shift + 1)),
+                "diagonal_shift": [d - plan.shift for d in range(2 * plan.shift + 1)],  # from the centre window
                 "diagonal_accuracy": [float(v) for v in r["diag_correct"].double().mean(0)],
                 "diagonal_true_class_probability": [float(v) for v in r["diag_prob"].mean(0)],
             }
@@ -501,13 +534,15 @@ def summarise(
 
 def protocol(plan: Plan, info: dict[str, Any], seed: int, batch_size: int) -> dict[str, Any]:
     """Everything needed to regenerate the altered images."""
+    arrays = plan.corruption_arrays is not None or plan.perturbation_arrays is not None
     out: dict[str, Any] = {
-        "table": plan.table,
-        "table_chosen": plan.table_chosen,
+        "table": None if arrays else plan.table,
+        "table_chosen": "the published arrays (nothing generated)" if arrays else plan.table_chosen,
         "seed": seed,
-        "image_seeds": "image j's generator: manual_seed((blake2b('{seed}/{name}/{severity}') + 1000003·j) mod 2^62), "
-        "j its index in the dataset; independent of batches and ranks",
-        "severities": plan.severities,
+        "image_seeds": "image j's generator: torch manual_seed((B + 1000003·j) mod 2^62), j its index in the dataset, "
+        "B = int.from_bytes(blake2b(f'{seed}/{key}'.encode(), digest_size=7).digest(), 'little'), key "
+        "'{corruption}/{severity}', '{perturbation}' or 'shift/{pass}'; independent of batches and ranks",
+        **({"severities": plan.severities} if plan.corruptions else {}),
         "batch_size": batch_size,
         **{k: v for k, v in info.items() if k not in ("cost", "examples")},
         "models_see": "the same altered pixels, each through its own normalisation (resized bilinearly when its "
@@ -533,7 +568,9 @@ def protocol(plan: Plan, info: dict[str, Any], seed: int, batch_size: int) -> di
             "passes": plan.shift_passes,
             "canvas": "zero padding by S (small images)"
             if plan.shift_protocol == "small"
-            else "resize to H+2S, centre crop (H+2S)×(W+2S) (Zhang's 256 for 224)",
+            else "resize to H+2S, centre crop (H+2S)×(W+2S) (Zhang's 256 for 224); its centre window is the model's "
+            "own preprocessing only when H / crop_pct = H+2S",
+            "diagonal": "windows at offsets (d, d), d = 0..2S; shifts d − S from the centre window",
             "offsets": f"uniform on {{0..{2 * plan.shift - (plan.shift_protocol == 'large')}}}², "
             "two per image per pass",
         }
