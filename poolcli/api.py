@@ -483,9 +483,14 @@ def finetune(
         kept, held = stratified_folds(train.labels, cfg.holdout, cfg.fold, cfg.seed)
         train, checked = train.subset(kept), train.subset(held)
         cfg = dataclasses.replace(cfg, val=f"{cfg.data} (held-out fold {cfg.fold} of {round(1 / cfg.holdout)})")
+    from .runtime import main_process
+
     bundle, doc = run_finetune(bundle, cfg, train, checked, on_epoch=on_epoch, files=files)
-    if out is not None:
+    if out is not None and main_process():  # under torchrun rank 0 writes
         save_checkpoint(bundle, None, out)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return bundle, {**doc, **model_record(bundle), "output": str(out) if out else None, "environment": environment()}
 
 

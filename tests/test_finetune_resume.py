@@ -216,3 +216,29 @@ def test_from_scratch_keeps_only_the_swapped_operators(tmp_path):
     again = api.load_model(str(conv))
     _reinitialise(again, seed=0)
     assert all(torch.equal(after[k], v) for k, v in again.module.state_dict().items())  # seeded
+
+
+def test_torchrun_two_ranks_follow_the_one_process_loss_curve(tmp_path, cli):
+    """The same global batches split over 2 CPU ranks (gloo), gradients averaged: with BatchNorm frozen
+    (--only-pools) the loss curve and validation equal one process's to 1e-6 relative; rank 0 alone writes."""
+    from .conftest import torchrun
+
+    conv = tmp_path / "pp.safetensors"
+    api.convert(str(CNN), ["@down2=ppool"], output=conv)
+    args = ["finetune", str(conv), "--data", "digits:train", "--val", "digits:test", "--limit", "96", "-b", "32"]
+    args += ["--epochs", "2", "--only-pools", "--lr", "0.01", "--shift", "2", "--device", "cpu", "--json"]
+    code, out, err = cli(*args, "-o", str(tmp_path / "one.safetensors"))
+    assert code == 0, err
+    one = json.loads(out)
+    (tmp_path / "two").mkdir()
+    proc = torchrun(*args, "-o", str(tmp_path / "two" / "ft.safetensors"), port=29551)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads(proc.stdout)  # one JSON document: rank 0 alone reports
+    for a, b in zip(one["history"], two["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6) and b["val_top1"] == a["val_top1"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "ft.best.safetensors",
+        "ft.last.safetensors",
+        "ft.log.jsonl",
+        "ft.safetensors",
+    ]

@@ -148,6 +148,10 @@ def finetune_cmd(
     """
 
     def show(rec: dict) -> None:
+        from ..runtime import main_process
+
+        if not main_process():
+            return
         extra = f", train top-1 {100 * rec['train_top1']:.2f}%" if "train_top1" in rec else ""
         extra += f", val top-1 {100 * rec['val_top1']:.2f}%" if "val_top1" in rec else ""
         extra += f", val MAP@R {100 * rec['val_map_at_r']:.2f}%" if "val_map_at_r" in rec else ""
@@ -193,6 +197,10 @@ def finetune_cmd(
         bad_images=bad_images,
         **(model_opts or {}),
     )
+    from ..runtime import main_process
+
+    if not main_process():  # under torchrun rank 0 reports
+        return
     if not STATE["quiet"]:
         table = Table(title=f"finetune {model} → {output}", title_justify="left")
         f = doc["final"]

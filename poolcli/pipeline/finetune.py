@@ -22,7 +22,7 @@ from ..metrics.classification import evaluate_classifier
 from ..models.bundle import ModelBundle
 from ..models.surgery import swapped_operators
 from ..ops.gsp import GSP, ZSRLoss
-from ..runtime import resolve_device, seed_everything
+from ..runtime import init_distributed, main_process, resolve_device, seed_everything
 from ..train import engine
 from ..train.loop import make_optimizer, param_groups
 from ..train.schedule import Schedule
@@ -221,6 +221,7 @@ def finetune(
         drop_last=len(train) > cfg.batch_size,
         only=pools if cfg.only_pools else None,
     )
+    setup.rank, setup.world = init_distributed()
     batches_of = None
     if learner is not None or cfg.per_class is not None:
         from ..train.metric import DEFAULT_PER_CLASS, check_pk, pk_batches
@@ -278,7 +279,8 @@ def finetune(
 
     def epoch_done(rec: dict[str, Any], p: engine.Progress) -> None:
         timings[rec["epoch"]] = rec["seconds"]
-        _epoch_files(files, p, timings, meta, manifest_bundle, watch[0])
+        if main_process():  # under torchrun rank 0 writes
+            _epoch_files(files, p, timings, meta, manifest_bundle, watch[0])
         if on_epoch:
             on_epoch(rec)
 

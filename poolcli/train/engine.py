@@ -42,6 +42,8 @@ class Setup:
     clip_grad: float | None = None
     drop_last: bool = True
     only: list[nn.Module] | None = None  # train only these modules: the rest stays in eval mode (frozen BN statistics)
+    rank: int = 0
+    world: int = 1  # torchrun: each global batch is split over the ranks, gradients averaged
 
 
 @dataclasses.dataclass
@@ -112,8 +114,12 @@ def train(
 
     step_loss = step_loss or cross_entropy
 
+    distributed = setup.world > 1
+    if distributed:
+        _broadcast(module, list(extra_modules))  # every rank starts from rank 0's tensors
+
     def save() -> None:
-        if state_path is not None:
+        if state_path is not None and setup.rank == 0:
             save_state(state_path, module, optimizer, list(extra_modules), {**(state_meta or {}), "progress": p.meta()})
 
     while p.epoch < setup.epochs:
@@ -126,7 +132,8 @@ def train(
                 m.train()
         t0 = time.perf_counter()
         every = batches_of(epoch)
-        loader = DataLoader(dataset, batch_sampler=every[p.step :], num_workers=setup.workers)
+        mine = [b[setup.rank :: setup.world] for b in every[p.step :]]  # this rank's part of each global batch
+        loader = DataLoader(dataset, batch_sampler=mine, num_workers=setup.workers)
         loss_sum, correct, seen = p.sums
         done = sum(len(b) for b in every[: p.step])
         label = f"train epoch {epoch + 1}/{setup.epochs}"
@@ -137,7 +144,9 @@ def train(
                 for step, (x, y) in enumerate(loader, p.step):
                     torch.manual_seed(step_seed(setup.seed, epoch, step, "torch"))
                     gen = torch.Generator().manual_seed(step_seed(setup.seed, epoch, step, "augment"))
-                    x = random_shift(x, setup.max_shift, gen)
+                    total = len(every[step])
+                    part = (total, setup.rank, setup.world) if distributed else None
+                    x = random_shift(x, setup.max_shift, gen, part)
                     x, y = x.to(setup.device), y.to(setup.device)
                     f = schedule.factor(epoch, step, spe, setup.epochs)
                     for g, base in zip(optimizer.param_groups, base_lrs):
@@ -152,19 +161,28 @@ def train(
                             "(nothing was written)"
                         )
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    if distributed:  # the global batch's mean: this rank's mean weighted by its share
+                        (loss * (y.numel() * setup.world / total)).backward()
+                        _average_gradients(optimizer)
+                    else:
+                        loss.backward()
                     if setup.clip_grad is not None:
                         params = [q for g in optimizer.param_groups for q in g["params"] if q.grad is not None]
                         torch.nn.utils.clip_grad_norm_(params, setup.clip_grad)
                     optimizer.step()
+                    if distributed:
+                        _broadcast_buffers(module)  # BatchNorm statistics: rank 0's (DDP's broadcast_buffers)
                     loss_sum += float(loss.detach()) * y.numel()
                     correct += int((logits.argmax(1) == y).sum()) if logits is not None else 0
                     seen += int(y.numel())
                     p.step, p.sums = step + 1, (loss_sum, correct, seen)
-                    advance(int(y.numel()))
+                    advance(int(y.numel()) * setup.world)
         except KeyboardInterrupt:
-            save()  # Ctrl-C / SIGTERM: the state after the last finished step
+            if not distributed:  # Ctrl-C / SIGTERM: the state after the last finished step (under torchrun the
+                save()  # epoch's sums live on every rank: the interrupted epoch is recomputed from the last state)
             raise
+        if distributed:  # the whole epoch's sums over the ranks
+            loss_sum, correct, seen = _sum_over_ranks(loss_sum, correct, seen)
         rec: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(seen, 1),
@@ -185,3 +203,44 @@ def train(
         save()
     module.eval()
     return p
+
+
+def _average_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """All-reduce the gradients, flattened into one buffer, and average them over the ranks (what DDP does,
+    without overlapping it with the backward: the model stays the bare module, so the forward hooks that read
+    embeddings and GSP's attributes, and the per-step seeding, see it as in one process)."""
+    import torch.distributed as dist
+
+    grads = [q.grad for g in optimizer.param_groups for q in g["params"] if q.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([t.reshape(-1) for t in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in grads:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def _broadcast_buffers(module: nn.Module) -> None:
+    import torch.distributed as dist
+
+    for b in module.buffers():
+        dist.broadcast(b, 0)
+
+
+def _broadcast(module: nn.Module, extra: list[nn.Module]) -> None:
+    import torch.distributed as dist
+
+    for m in [module, *extra]:
+        for t in [*m.parameters(), *m.buffers()]:
+            dist.broadcast(t.data, 0)
+
+
+def _sum_over_ranks(loss_sum: float, correct: int, seen: int) -> tuple[float, int, int]:
+    import torch.distributed as dist
+
+    t = torch.tensor([loss_sum, float(correct), float(seen)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0]), int(t[1]), int(t[2])
