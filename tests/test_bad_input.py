@@ -442,6 +442,12 @@ CASES = [
     ("fold-out-of-range", [*FT, "--holdout", "0.2", "--fold", "5"], 2, "--fold"),
     ("fold-without-holdout", [*FT, "--fold", "1"], 2, "give --holdout"),
     ("holdout-and-val", [*FT, "--holdout", "0.2", "--val", "digits:test"], 2, "drop --val"),
+    ("amp-unknown", [*FT, "--amp", "fp8"], 2, "--amp"),
+    ("ema-one", [*FT, "--ema", "1"], 2, "--ema"),
+    ("loss-unknown", [*FT, "--loss", "arcfaces"], 2, "unknown --loss"),
+    ("embedding-dim-with-ce", [*FT, "--embedding-dim", "16"], 2, "--embedding-dim"),
+    ("per-class-zero", [*FT, "--loss", "triplet", "--per-class", "0"], 2, "--per-class"),
+    ("classes-per-batch-too-many", [*FT, "--loss", "triplet", "--classes-per-batch", "50"], 2, "exceeds"),
     # --- evaluate --metrics robustness
     ("corruptions-without-robustness", [*EV, "digits:test", "--corruptions", "contrast"], 2, "--metrics robustness"),
     ("corruption-unknown", [*EV, "digits:test", *RB, "--corruptions", "gaussian_blurr"], 2, "unknown name"),

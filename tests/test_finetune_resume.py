@@ -242,3 +242,29 @@ def test_torchrun_two_ranks_follow_the_one_process_loss_curve(tmp_path, cli):
         "ft.log.jsonl",
         "ft.safetensors",
     ]
+
+
+@pytest.mark.parametrize("opts", [{"ema": 0.9}, {"amp": "bf16"}, {"channels_last": True}, {"amp": "bf16", "ema": 0.9}])
+def test_amp_ema_channels_last_train_and_resume_bit_identically(tmp_path, opts):
+    kw = dict(epochs=2, lr=1e-3, **opts)
+    ref = tmp_path / "ref.safetensors"
+    _, doc = _run(ref, **kw)
+    assert doc["final"]["val_top1"] > 0.8, doc["final"]
+    out = tmp_path / "job.safetensors"
+    previous = progress.set_reporter(StopAt(2, 1))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(out, **kw)
+    finally:
+        progress.set_reporter(previous)
+    _run(out, resume=True, **kw)
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_ema_result_is_the_average(tmp_path):
+    """With --ema the written weights are timm's ModelEmaV3 average, not the last step's."""
+    plain = api.finetune(str(CNN), **{**RUN, "epochs": 1, "val": None})[0].module.state_dict()
+    ema = api.finetune(str(CNN), **{**RUN, "epochs": 1, "val": None}, ema=0.5)[0].module.state_dict()
+    start = api.load_model(str(CNN)).module.state_dict()
+    k = next(k for k in plain if k.endswith("weight") and plain[k].dim() == 4)
+    assert not torch.equal(plain[k], ema[k]) and not torch.equal(start[k], ema[k])

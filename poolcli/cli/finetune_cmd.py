@@ -83,6 +83,17 @@ def finetune_cmd(
         Optional[int],
         typer.Option("--per-class", metavar="K", help="P×K batches: images per class (default 4 for metric losses)."),
     ] = None,
+    amp: Annotated[
+        Optional[str],
+        typer.Option("--amp", metavar="bf16|fp16", help="Mixed precision (autocast; fp16 with a gradient scaler)."),
+    ] = None,
+    ema: Annotated[
+        Optional[float],
+        typer.Option(
+            "--ema", metavar="DECAY", help="timm's model EMA at this decay: validated, kept as best and as the result."
+        ),
+    ] = None,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Channels-last memory format.")] = False,
     from_scratch: Annotated[
         bool,
         typer.Option(
@@ -176,6 +187,9 @@ def finetune_cmd(
         clip_grad=clip_grad,
         resume=resume,
         from_scratch=from_scratch,
+        amp=amp,
+        ema=ema,
+        channels_last=channels_last,
         loss=loss,
         embedding_dim=embedding_dim,
         classes_per_batch=classes_per_batch,

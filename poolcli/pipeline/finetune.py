@@ -56,6 +56,9 @@ class FinetuneConfig:
     embedding_dim: int | None = None  # metric learning: a Linear head to this dimension (default the pooled features)
     classes_per_batch: int | None = None  # P of P×K batches
     per_class: int | None = None  # K of P×K batches
+    amp: str | None = None  # bf16 | fp16
+    ema: float | None = None  # decay of timm's ModelEmaV3
+    channels_last: bool = False
     holdout: float | None = None
     fold: int = 0
     resume: bool = False
@@ -106,6 +109,10 @@ class FinetuneConfig:
                 "--embedding-dim is the embedding head of a metric-learning --loss (≥ 1), e.g. --loss "
                 "multisimilarity --embedding-dim 128"
             )
+        if self.amp not in (None, "bf16", "fp16"):
+            raise BadInputError(f"--amp must be bf16 or fp16, not {self.amp!r}")
+        if self.ema is not None and not (math.isfinite(self.ema) and 0 < self.ema < 1):
+            raise BadInputError(f"--ema is the averaging decay in (0, 1), e.g. 0.999; got {self.ema}")
         for name, v in (("--classes-per-batch", self.classes_per_batch), ("--per-class", self.per_class)):
             if v is not None and v < 1:
                 raise BadInputError(f"{name} must be ≥ 1, got {v}")
@@ -206,6 +213,12 @@ def finetune(
     extra_loss, zsr_modules, zsr_losses = _zsr(bundle, pools, cfg, len(train.classes), groups, dev)
     learner = _MetricLearning(bundle, cfg, train, val, groups, dev) if metric_learning else None
     extra_modules = zsr_losses + ([learner.criterion] if learner is not None else [])
+    ema = None
+    if cfg.ema is not None:  # timm's model EMA (what timm's train.py --model-ema uses)
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(bundle.module.to(dev), decay=cfg.ema)
+        extra_modules.append(ema)
     base_lrs = [g["lr"] for g in groups]
     optimizer = make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
     schedule = Schedule.parse(cfg.schedule, cfg.warmup)
@@ -222,6 +235,7 @@ def finetune(
         only=pools if cfg.only_pools else None,
     )
     setup.rank, setup.world = init_distributed()
+    setup.amp, setup.channels_last, setup.ema = cfg.amp, cfg.channels_last, ema
     batches_of = None
     if learner is not None or cfg.per_class is not None:
         from ..train.metric import DEFAULT_PER_CLASS, check_pk, pk_batches

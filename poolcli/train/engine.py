@@ -12,6 +12,7 @@ epoch's running sums); a kill -9 loses at most the current epoch, which the resu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -44,6 +45,9 @@ class Setup:
     only: list[nn.Module] | None = None  # train only these modules: the rest stays in eval mode (frozen BN statistics)
     rank: int = 0
     world: int = 1  # torchrun: each global batch is split over the ranks, gradients averaged
+    amp: str | None = None  # "bf16" | "fp16": autocast of the forward and loss (fp16 with a gradient scaler)
+    channels_last: bool = False
+    ema: nn.Module | None = None  # timm's ModelEmaV3: updated after every step, validated and kept at the end
 
 
 @dataclasses.dataclass
@@ -113,6 +117,12 @@ def train(
         return F.cross_entropy(logits, y, label_smoothing=setup.label_smoothing), logits
 
     step_loss = step_loss or cross_entropy
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.amp or "")
+    scaler = torch.amp.GradScaler(setup.device.type) if setup.amp == "fp16" else None
+    if scaler is not None and state_meta is not None and state_meta.get("scaler"):
+        scaler.load_state_dict(state_meta["scaler"])
+    if setup.channels_last:
+        module.to(memory_format=torch.channels_last)
 
     distributed = setup.world > 1
     if distributed:
@@ -148,12 +158,16 @@ def train(
                     part = (total, setup.rank, setup.world) if distributed else None
                     x = random_shift(x, setup.max_shift, gen, part)
                     x, y = x.to(setup.device), y.to(setup.device)
+                    if setup.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
                     f = schedule.factor(epoch, step, spe, setup.epochs)
                     for g, base in zip(optimizer.param_groups, base_lrs):
                         g["lr"] = base * f
-                    loss, logits = step_loss(x, y)
-                    if extra_loss is not None:
-                        loss = extra_loss(loss, y)
+                    with torch.autocast(setup.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        loss, logits = step_loss(x, y)
+                        if extra_loss is not None:
+                            loss = extra_loss(loss, y)
+                    loss = loss.float()
                     if not bool(torch.isfinite(loss.detach())):
                         raise RunError(
                             f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
@@ -161,17 +175,25 @@ def train(
                             "(nothing was written)"
                         )
                     optimizer.zero_grad(set_to_none=True)
-                    if distributed:  # the global batch's mean: this rank's mean weighted by its share
-                        (loss * (y.numel() * setup.world / total)).backward()
+                    weighted = loss * (y.numel() * setup.world / total) if distributed else loss
+                    # the global batch's mean under torchrun: this rank's mean weighted by its share
+                    (scaler.scale(weighted) if scaler is not None else weighted).backward()
+                    if distributed:
                         _average_gradients(optimizer)
-                    else:
-                        loss.backward()
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
                     if setup.clip_grad is not None:
                         params = [q for g in optimizer.param_groups for q in g["params"] if q.grad is not None]
                         torch.nn.utils.clip_grad_norm_(params, setup.clip_grad)
-                    optimizer.step()
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     if distributed:
                         _broadcast_buffers(module)  # BatchNorm statistics: rank 0's (DDP's broadcast_buffers)
+                    if setup.ema is not None:
+                        setup.ema.update(module, step=epoch * spe + step)
                     loss_sum += float(loss.detach()) * y.numel()
                     correct += int((logits.argmax(1) == y).sum()) if logits is not None else 0
                     seen += int(y.numel())
@@ -189,20 +211,41 @@ def train(
             **({"train_top1": correct / max(seen, 1)} if step_loss is cross_entropy else {}),
             "lr": base_lrs[0] * schedule.factor(epoch, spe - 1, spe, setup.epochs),
         }
-        if validate is not None:
-            module.eval()
-            rec.update(validate())
-        watched, higher = (rec[metric[0]], metric[1]) if metric[0] in rec else (rec["loss"], False)
-        schedule.end_epoch(watched, higher)
         p.history.append(rec)
         p.epoch, p.step, p.sums = epoch + 1, 0, (0.0, 0, 0)
-        if on_epoch:  # before the state: what it writes (best model, log) is then never ahead of the state
-            on_epoch({**rec, "seconds": time.perf_counter() - t0}, p)
+        with _ema_weights(module, setup.ema):  # with --ema the averaged weights are validated and kept as best
+            if validate is not None:
+                module.eval()
+                rec.update(validate())
+            watched, higher = (rec[metric[0]], metric[1]) if metric[0] in rec else (rec["loss"], False)
+            schedule.end_epoch(watched, higher)
+            if on_epoch:  # before the state: what it writes (best model, log) is then never ahead of the state
+                on_epoch({**rec, "seconds": time.perf_counter() - t0}, p)
         if state_meta is not None:
             state_meta["schedule_state"] = schedule.state()
+            if scaler is not None:
+                state_meta["scaler"] = {
+                    k: (float(v) if isinstance(v, float) else v) for k, v in scaler.state_dict().items()
+                }
         save()
+    if setup.ema is not None:  # the result is the averaged model
+        module.load_state_dict(setup.ema.module.state_dict())
     module.eval()
     return p
+
+
+@contextlib.contextmanager
+def _ema_weights(module: nn.Module, ema: nn.Module | None):
+    """The EMA's weights in ``module`` for the duration (validation, best checkpoint), the trained ones after."""
+    if ema is None:
+        yield
+        return
+    trained = {k: v.clone() for k, v in module.state_dict().items()}
+    module.load_state_dict(ema.module.state_dict())
+    try:
+        yield
+    finally:
+        module.load_state_dict(trained)
 
 
 def _average_gradients(optimizer: torch.optim.Optimizer) -> None:
