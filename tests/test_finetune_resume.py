@@ -268,3 +268,57 @@ def test_ema_result_is_the_average(tmp_path):
     start = api.load_model(str(CNN)).module.state_dict()
     k = next(k for k in plain if k.endswith("weight") and plain[k].dim() == 4)
     assert not torch.equal(plain[k], ema[k]) and not torch.equal(start[k], ema[k])
+
+
+# ----------------------------------------------------------------------------- augmentation
+def test_crop_flip_is_pad_crop_then_mirror():
+    from poolcli.data.augment import crop_flip
+
+    x = torch.rand(6, 2, 5, 7)
+    fill = torch.tensor([-1.0, -2.0])
+    g = torch.Generator().manual_seed(4)
+    out = crop_flip(x, 2, fill, g)
+    g = torch.Generator().manual_seed(4)
+    off = torch.randint(0, 5, (6, 2), generator=g)
+    flip = torch.rand(6, generator=g) < 0.5
+    padded = torch.cat([torch.full((6, 1, 9, 11), -1.0), torch.full((6, 1, 9, 11), -2.0)], 1)
+    padded[:, :, 2:7, 2:9] = x
+    for i in range(6):
+        want = padded[i, :, off[i, 0] : off[i, 0] + 5, off[i, 1] : off[i, 1] + 7]
+        assert torch.equal(out[i], want.flip(-1) if flip[i] else want)
+    # a rank's part of the global batch: the same images as one process
+    g1, g2 = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    whole = crop_flip(x, 2, fill, g1)
+    assert torch.equal(crop_flip(x[1::2], 2, fill, g2, part=(6, 1, 2)), whole[1::2])
+
+
+@pytest.mark.parametrize("augment", ["crop-flip:4", "imagenet", "shift:2"])
+def test_augmentations_train_and_resume_bit_identically(tmp_path, augment):
+    kw = dict(epochs=2, augment=augment, limit=64)
+    ref = tmp_path / "ref.safetensors"
+    _, doc = _run(ref, **kw)
+    assert doc["augment"] == augment
+    out = tmp_path / "job.safetensors"
+    previous = progress.set_reporter(StopAt(2, 1))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(out, **kw)
+    finally:
+        progress.set_reporter(previous)
+    _run(out, resume=True, **kw)
+    assert out.read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore:.*random weights")
+def test_imagenet_augment_on_photos(photos, tmp_path):
+    _, doc = api.finetune(
+        "timm:resnet10t",
+        data=f"folder:{photos}:train",
+        input_size="3x64x64",
+        num_classes=2,
+        epochs=1,
+        batch_size=4,
+        augment="imagenet",
+        device="cpu",
+    )
+    assert doc["images"] == 12 and math.isfinite(doc["final"]["loss"])

@@ -83,6 +83,15 @@ def finetune_cmd(
         Optional[int],
         typer.Option("--per-class", metavar="K", help="P×K batches: images per class (default 4 for metric losses)."),
     ] = None,
+    augment: Annotated[
+        str,
+        typer.Option(
+            "--augment",
+            metavar="KIND",
+            help="none, shift:N (±N px), crop-flip:PAD (pad-crop + horizontal flip: seed 001's CIFAR recipe), or "
+            "imagenet (random-resized crop + flip: timm's training transform from the model's data config).",
+        ),
+    ] = "none",
     amp: Annotated[
         Optional[str],
         typer.Option("--amp", metavar="bf16|fp16", help="Mixed precision (autocast; fp16 with a gradient scaler)."),
@@ -187,6 +196,7 @@ def finetune_cmd(
         clip_grad=clip_grad,
         resume=resume,
         from_scratch=from_scratch,
+        augment=augment,
         amp=amp,
         ema=ema,
         channels_last=channels_last,

@@ -56,6 +56,7 @@ class FinetuneConfig:
     embedding_dim: int | None = None  # metric learning: a Linear head to this dimension (default the pooled features)
     classes_per_batch: int | None = None  # P of P×K batches
     per_class: int | None = None  # K of P×K batches
+    augment: str = "none"  # none | shift:N | crop-flip:PAD | imagenet
     amp: str | None = None  # bf16 | fp16
     ema: float | None = None  # decay of timm's ModelEmaV3
     channels_last: bool = False
@@ -109,6 +110,11 @@ class FinetuneConfig:
                 "--embedding-dim is the embedding head of a metric-learning --loss (≥ 1), e.g. --loss "
                 "multisimilarity --embedding-dim 128"
             )
+        from ..data.augment import parse_augment
+
+        parse_augment(self.augment)
+        if self.augment != "none" and self.shift:
+            raise BadInputError("--shift N is --augment shift:N: give one of them")
         if self.amp not in (None, "bf16", "fp16"):
             raise BadInputError(f"--amp must be bf16 or fp16, not {self.amp!r}")
         if self.ema is not None and not (math.isfinite(self.ema) and 0 < self.ema < 1):
@@ -236,6 +242,21 @@ def finetune(
     )
     setup.rank, setup.world = init_distributed()
     setup.amp, setup.channels_last, setup.ema = cfg.amp, cfg.channels_last, ema
+    from ..data.augment import ImagenetTrain, parse_augment
+
+    setup.augment = parse_augment(cfg.augment)
+    prep = getattr(train, "preprocess", None)
+    if setup.augment[0] == "crop-flip":
+        setup.fill = (-prep.mean / prep.std).flatten() if prep is not None and hasattr(prep, "mean") else None
+        if setup.fill is None:
+            raise BadInputError(
+                "--augment crop-flip needs a data spec (its padding is black in the model's normalisation)"
+            )
+    train_data = train
+    if setup.augment[0] == "imagenet":
+        if not hasattr(train, "raw") or not hasattr(prep, "geometry"):
+            raise BadInputError("--augment imagenet needs a data spec whose images it can crop (e.g. folder:DIR)")
+        train_data = ImagenetTrain(train, cfg.seed)
     batches_of = None
     if learner is not None or cfg.per_class is not None:
         from ..train.metric import DEFAULT_PER_CLASS, check_pk, pk_batches
@@ -302,7 +323,7 @@ def finetune(
     with learner.capturing() if learner is not None else contextlib.nullcontext():
         progress = engine.train(
             bundle.module,
-            train,
+            train_data,
             optimizer,
             base_lrs,
             schedule,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.augment import random_shift
+from ..data.augment import crop_flip, random_shift
 from ..errors import RunError
 from ..progress import task
 from .schedule import Schedule
@@ -45,6 +45,8 @@ class Setup:
     only: list[nn.Module] | None = None  # train only these modules: the rest stays in eval mode (frozen BN statistics)
     rank: int = 0
     world: int = 1  # torchrun: each global batch is split over the ranks, gradients averaged
+    augment: tuple[str, int] = ("none", 0)  # batch-level: ("shift", N) or ("crop-flip", PAD) (data.augment)
+    fill: torch.Tensor | None = None  # crop-flip's padding per channel (black in the model's normalisation)
     amp: str | None = None  # "bf16" | "fp16": autocast of the forward and loss (fp16 with a gradient scaler)
     channels_last: bool = False
     ema: nn.Module | None = None  # timm's ModelEmaV3: updated after every step, validated and kept at the end
@@ -142,6 +144,8 @@ def train(
                 m.train()
         t0 = time.perf_counter()
         every = batches_of(epoch)
+        if hasattr(dataset, "set_epoch"):  # per-image augmentations seeded by (seed, epoch, position)
+            dataset.set_epoch(epoch)
         mine = [b[setup.rank :: setup.world] for b in every[p.step :]]  # this rank's part of each global batch
         loader = DataLoader(dataset, batch_sampler=mine, num_workers=setup.workers)
         loss_sum, correct, seen = p.sums
@@ -157,6 +161,11 @@ def train(
                     total = len(every[step])
                     part = (total, setup.rank, setup.world) if distributed else None
                     x = random_shift(x, setup.max_shift, gen, part)
+                    kind, amount = setup.augment
+                    if kind == "shift":
+                        x = random_shift(x, amount, gen, part)
+                    elif kind == "crop-flip":
+                        x = crop_flip(x, amount, setup.fill, gen, part)
                     x, y = x.to(setup.device), y.to(setup.device)
                     if setup.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
