@@ -322,3 +322,20 @@ def test_imagenet_augment_on_photos(photos, tmp_path):
         device="cpu",
     )
     assert doc["images"] == 12 and math.isfinite(doc["final"]["loss"])
+
+
+def test_operator_settings_shape_the_optimizer_groups(tmp_path):
+    """P-pooling's side branch at its own lr multiplier (seed 002's ×3) when the operator says so, every pooling
+    parameter (GSP's prototypes too) without weight decay, the rest at lr with weight decay."""
+    from poolcli.models.surgery import swapped_operators
+    from poolcli.train.loop import param_groups
+
+    out = tmp_path / "pp.safetensors"
+    api.convert(str(CNN), ["@down2=ppool:lr_mult=3,alpha_init=20,alpha_max=35", "@global=gsp:m=8"], output=out)
+    b = api.load_model(str(out))
+    groups = param_groups(b.module, 1e-3, 5e-4, swapped_operators(b.module), 10.0)
+    names = {id(p): n for n, p in b.module.named_parameters()}
+    by_lr = {round(g["lr"], 9): (g["weight_decay"], sorted(names[id(p)] for p in g["params"])) for g in groups}
+    assert by_lr[0.003][0] == 0.0 and all(".branch." in n for n in by_lr[0.003][1])
+    assert by_lr[0.01][0] == 0.0 and any("prototypes" in n or "proto" in n for n in by_lr[0.01][1])
+    assert by_lr[0.001][0] == 5e-4 and not any(".branch." in n for n in by_lr[0.001][1])

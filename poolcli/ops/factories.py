@@ -68,12 +68,19 @@ def _max(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:
     "ppool",
     takes_channels=True,
     window=True,
-    help="P-pooling: ppool[:kernel=2,stride=2,padding=0,alpha=FIXED,alpha_init=8,alpha_max=50,channels=C]",
+    help="P-pooling: ppool[:kernel=2,stride=2,padding=0,alpha=FIXED,alpha_init=8,alpha_max=50,lr_mult=M,channels=C]",
     params={
         "alpha": Param("float", "a fixed α for every location (no side branch)", low=0, high=ALPHA_MAX, nullable=True),
         "alpha_init": Param("float", "the side branch's initial α", low=0, high=ALPHA_MAX),
         "alpha_max": Param("float", "upper clamp of the side branch's α", above=0, high=ALPHA_MAX),
         "negative": Param("choice", "how negative inputs are handled", choices=("shift", "clamp")),
+        "lr_mult": Param(
+            "float",
+            "finetune: the side branch's lr multiplier (seed 002: 3; default --pool-lr-mult)",
+            above=0,
+            high=1e4,
+            nullable=True,
+        ),
     },
 )
 def _ppool(p: dict[str, Any], replaced: nn.Module | None) -> nn.Module:

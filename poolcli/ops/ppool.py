@@ -228,8 +228,10 @@ class PPool2d(nn.Module):
         alpha_init: float = 8.0,
         alpha_max: float = 50.0,
         negative: str = "shift",
+        lr_mult: float | None = None,
     ):
         super().__init__()
+        self.lr_mult = lr_mult  # read by finetune's optimizer groups (None: --pool-lr-mult)
         self.kernel_size, self.stride, self.padding = pair(kernel_size), pair(stride or kernel_size), pair(padding)
         self.alpha_max, self.negative = float(alpha_max), negative
         self.fixed_alpha = alpha

@@ -26,19 +26,29 @@ def param_groups(
 ) -> list[dict]:
     """Optimizer groups: the parameters of ``pool_modules`` (the operators convert swapped in, not the convs
     they follow) get lr × ``pool_lr_mult`` and no weight decay (a pooling exponent pulled towards 0 would turn
-    GeM/P-pooling into a sum; the cirtorch recipe); with ``only_pools`` everything else is frozen."""
-    pool_ids = {id(p) for m in pool_modules for p in m.parameters()}
-    pools, rest = [], []
+    GeM/P-pooling into a sum; GSP's prototypes are not shrunk; the cirtorch recipe); an operator part with its
+    own ``lr_mult`` (P-pooling's side branch, ``ppool:lr_mult=3`` as seed 002) gets that multiplier instead;
+    with ``only_pools`` everything else is frozen."""
+    mult: dict[int, float] = {}
+    for m in pool_modules:
+        for p in m.parameters():
+            mult[id(p)] = pool_lr_mult
+        for sub in m.modules():
+            if getattr(sub, "lr_mult", None) is not None:
+                for p in sub.parameters():
+                    mult[id(p)] = float(sub.lr_mult)
+    pools: dict[float, list] = {}
+    rest = []
     for p in module.parameters():
-        if id(p) in pool_ids:
-            pools.append(p)
+        if id(p) in mult:
+            pools.setdefault(mult[id(p)], []).append(p)
         elif only_pools:
             p.requires_grad_(False)
         elif p.requires_grad:
             rest.append(p)
     groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay}] if rest else []
-    if pools:
-        groups.append({"params": pools, "lr": lr * pool_lr_mult, "weight_decay": 0.0})
+    for m, params in pools.items():
+        groups.append({"params": params, "lr": lr * m, "weight_decay": 0.0})
     if not groups:
         raise ValueError("no trainable parameters: nothing to fine-tune")
     return groups
