@@ -57,3 +57,10 @@ def task(description: str, total: int | None, unit: str = "images", scale: int =
         return
     with _reporter.task(description, total, unit) as advance:
         yield (lambda n=1: advance(n * scale)) if scale != 1 else advance
+
+
+def note(text: str) -> None:
+    """A short status for the innermost running step (e.g. the running loss), where the reporter shows one."""
+    show = getattr(_reporter, "note", None)
+    if show is not None and rank_and_world()[0] == 0:
+        show(text)

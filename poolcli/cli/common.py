@@ -91,6 +91,11 @@ class CliReporter:
         self.con = con
         self.interval = float(os.environ.get("POOLCLI_PROGRESS_SECONDS", 30)) if interval is None else interval
         self._bar: Progress | None = None
+        self._notes: list[Any] = []  # the innermost task's note setter
+
+    def note(self, text: str) -> None:
+        if self._notes:
+            self._notes[-1](text)
 
     @contextlib.contextmanager
     def task(self, description: str, total: int | None, unit: str) -> Iterator[Any]:
@@ -98,11 +103,14 @@ class CliReporter:
             yield from self._lines(description, total, unit)
             return
         if self._bar is not None:  # a step inside a step (chunks of a solve): one more line in the same bar
-            tid = self._bar.add_task(description, total=total, unit=unit)
+            bar = self._bar
+            tid = bar.add_task(description, total=total, unit=unit, note="")
+            self._notes.append(lambda text: bar.update(tid, note=text))
             try:
-                yield lambda n=1: self._bar.advance(tid, n)
+                yield lambda n=1: bar.advance(tid, n)
             finally:
-                self._bar.remove_task(tid)
+                self._notes.pop()
+                bar.remove_task(tid)
             return
         with Progress(
             TextColumn("{task.description}", markup=False),
@@ -112,19 +120,23 @@ class CliReporter:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}", markup=False),
             console=self.con,
             transient=True,
         ) as bar:
             self._bar = bar
             try:
-                tid = bar.add_task(description, total=total, unit=unit)
+                tid = bar.add_task(description, total=total, unit=unit, note="")
+                self._notes.append(lambda text: bar.update(tid, note=text))
                 yield lambda n=1: bar.advance(tid, n)
             finally:
+                self._notes.pop()
                 self._bar = None
 
     def _lines(self, description: str, total: int | None, unit: str) -> Iterator[Any]:
         start = last = time.monotonic()
         done, printed = 0, False
+        status = [""]
 
         def line(final: bool) -> str:
             elapsed = max(time.monotonic() - start, 1e-9)
@@ -132,7 +144,8 @@ class CliReporter:
             of = f"/{total:,}" if total else ""
             pct = f" ({100 * done / total:.1f}%)" if total else ""
             eta = f", ~{(total - done) / rate:.0f} s left" if total and rate > 0 and not final else ""
-            return f"{description}: {done:,}{of} {unit}{pct}, {rate:,.1f} {unit}/s, {elapsed:.0f} s{eta}"
+            tail = f", {status[0]}" if status[0] else ""
+            return f"{description}: {done:,}{of} {unit}{pct}, {rate:,.1f} {unit}/s, {elapsed:.0f} s{eta}{tail}"
 
         def advance(n: int = 1) -> None:
             nonlocal done, last, printed
@@ -142,7 +155,11 @@ class CliReporter:
                 last, printed = now, True
                 self.con.print(line(False), soft_wrap=True)
 
-        yield advance
+        self._notes.append(lambda text: status.__setitem__(0, text))
+        try:
+            yield advance
+        finally:
+            self._notes.pop()
         if printed:
             self.con.print(line(True) + " (done)", soft_wrap=True)
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.augment import crop_flip, random_shift
 from ..errors import RunError
-from ..progress import task
+from ..progress import note, task
 from .schedule import Schedule
 from .state import save_state, step_seed
 
@@ -208,6 +208,7 @@ def train(
                     seen += int(y.numel())
                     p.step, p.sums = step + 1, (loss_sum, correct, seen)
                     advance(int(y.numel()) * setup.world)
+                    note(f"loss {loss_sum / max(seen, 1):.4f}")
         except KeyboardInterrupt:
             if not distributed:  # Ctrl-C / SIGTERM: the state after the last finished step (under torchrun the
                 save()  # epoch's sums live on every rank: the interrupted epoch is recomputed from the last state)
