@@ -443,6 +443,7 @@ CASES = [
     ("fold-without-holdout", [*FT, "--fold", "1"], 2, "give --holdout"),
     ("holdout-and-val", [*FT, "--holdout", "0.2", "--val", "digits:test"], 2, "drop --val"),
     ("amp-unknown", [*FT, "--amp", "fp8"], 2, "--amp"),
+    ("sync-bn-on-cpu", [*FT, "--sync-bn", "--device", "cpu"], 2, "--sync-bn"),
     ("augment-unknown", [*FT, "--augment", "mixup"], 2, "--augment"),
     ("augment-crop-zero", [*FT, "--augment", "crop-flip:0"], 2, "--augment"),
     ("augment-and-shift", [*FT, "--augment", "crop-flip:4", "--shift", "2"], 2, "give one of them"),

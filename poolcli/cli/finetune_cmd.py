@@ -103,6 +103,9 @@ def finetune_cmd(
         ),
     ] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Channels-last memory format.")] = False,
+    sync_bn: Annotated[
+        bool, typer.Option("--sync-bn", help="torchrun on GPUs: BatchNorm statistics over the global batch.")
+    ] = False,
     from_scratch: Annotated[
         bool,
         typer.Option(
@@ -200,6 +203,7 @@ def finetune_cmd(
         amp=amp,
         ema=ema,
         channels_last=channels_last,
+        sync_bn=sync_bn,
         loss=loss,
         embedding_dim=embedding_dim,
         classes_per_batch=classes_per_batch,

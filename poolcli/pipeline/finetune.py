@@ -60,6 +60,7 @@ class FinetuneConfig:
     amp: str | None = None  # bf16 | fp16
     ema: float | None = None  # decay of timm's ModelEmaV3
     channels_last: bool = False
+    sync_bn: bool = False
     holdout: float | None = None
     fold: int = 0
     resume: bool = False
@@ -241,6 +242,13 @@ def finetune(
         only=pools if cfg.only_pools else None,
     )
     setup.rank, setup.world = init_distributed()
+    if cfg.sync_bn:  # torch's SyncBatchNorm: statistics over the global batch (GPU ranks only)
+        if setup.world < 2 or dev.type != "cuda":
+            raise BadInputError(
+                "--sync-bn synchronises BatchNorm over torchrun ranks on GPUs (torch's SyncBatchNorm has no CPU "
+                "path); drop it here"
+            )
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(bundle.module)
     setup.amp, setup.channels_last, setup.ema = cfg.amp, cfg.channels_last, ema
     from ..data.augment import ImagenetTrain, parse_augment
 
