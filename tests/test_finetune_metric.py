@@ -14,7 +14,7 @@ from .conftest import CNN
 from .test_finetune_resume import StopAt
 
 RUN = dict(data="digits:train", val="digits:test", limit=300, device="cpu", seed=1, from_scratch=True, lr=3e-3)
-FAST = ("contrastive", "multisimilarity", "proxyanchor")
+FAST = ("multisimilarity",)  # the rest in the slow suite (proxyanchor also in the resume test below)
 
 
 @pytest.fixture(scope="module")

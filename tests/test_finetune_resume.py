@@ -95,7 +95,10 @@ def test_files_written_each_epoch(reference):
     assert [h["epoch"] for h in b.extra["finetune"]["history"]] == list(range(1, best_epoch + 1))
 
 
-@pytest.mark.parametrize("epoch, after", [(1, 1), (2, 2), (3, 3)])
+SLOW = pytest.mark.slow  # the fast suite keeps one case of each family
+
+
+@pytest.mark.parametrize("epoch, after", [pytest.param(1, 1, marks=SLOW), (2, 2), pytest.param(3, 3, marks=SLOW)])
 def test_ctrl_c_then_resume_is_bit_identical(tmp_path, reference, epoch, after):
     ref, _ = reference
     out = tmp_path / "ft.safetensors"
@@ -244,7 +247,15 @@ def test_torchrun_two_ranks_follow_the_one_process_loss_curve(tmp_path, cli):
     ]
 
 
-@pytest.mark.parametrize("opts", [{"ema": 0.9}, {"amp": "bf16"}, {"channels_last": True}, {"amp": "bf16", "ema": 0.9}])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        pytest.param({"ema": 0.9}, marks=SLOW),
+        pytest.param({"amp": "bf16"}, marks=SLOW),
+        pytest.param({"channels_last": True}, marks=SLOW),
+        {"amp": "bf16", "ema": 0.9, "channels_last": True},
+    ],
+)
 def test_amp_ema_channels_last_train_and_resume_bit_identically(tmp_path, opts):
     kw = dict(epochs=2, lr=1e-3, **opts)
     ref = tmp_path / "ref.safetensors"
@@ -292,7 +303,9 @@ def test_crop_flip_is_pad_crop_then_mirror():
     assert torch.equal(crop_flip(x[1::2], 2, fill, g2, part=(6, 1, 2)), whole[1::2])
 
 
-@pytest.mark.parametrize("augment", ["crop-flip:4", "imagenet", "shift:2"])
+@pytest.mark.parametrize(
+    "augment", [pytest.param("crop-flip:4", marks=SLOW), "imagenet", pytest.param("shift:2", marks=SLOW)]
+)
 def test_augmentations_train_and_resume_bit_identically(tmp_path, augment):
     kw = dict(epochs=2, augment=augment, limit=64)
     ref = tmp_path / "ref.safetensors"
