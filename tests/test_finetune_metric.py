@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from poolcli import api, progress
+from poolcli import api
 from poolcli.train.metric import LOSSES, pk_batches
 
 from .conftest import CNN
-from .test_finetune_resume import StopAt
+from .test_finetune_resume import StopAt, interrupted_then_resumed
 
 RUN = dict(data="digits:train", val="digits:test", limit=300, device="cpu", seed=1, from_scratch=True, lr=3e-3)
 FAST = ("multisimilarity",)  # the rest in the slow suite (proxyanchor also in the resume test below)
@@ -74,15 +74,7 @@ def test_metric_resume_with_proxies_is_bit_identical(tmp_path):
     kw = dict(epochs=2, loss="proxyanchor", embedding_dim=16, **{**RUN, "limit": 160})
     ref = tmp_path / "ref.safetensors"
     api.finetune(str(CNN), output=ref, **kw)
-    out = tmp_path / "job.safetensors"
-    previous = progress.set_reporter(StopAt(2, 2))
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            api.finetune(str(CNN), output=out, **kw)
-    finally:
-        progress.set_reporter(previous)
-    api.finetune(str(CNN), output=out, resume=True, **kw)
-    assert out.read_bytes() == ref.read_bytes()
+    assert interrupted_then_resumed(tmp_path / "job.safetensors", StopAt(2, 2), run={}, **kw) == ref.read_bytes()
 
 
 def test_zsr_is_a_convex_combination_for_metric_losses(tmp_path):

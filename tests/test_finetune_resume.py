@@ -72,6 +72,21 @@ def _run(out, **kw):
     return api.finetune(str(CNN), output=out, **{**RUN, **kw})
 
 
+def interrupted_then_resumed(out, stopper, model=CNN, run=None, **kw) -> bytes:
+    """Run until ``stopper`` raises KeyboardInterrupt (Ctrl-C's path: the state is saved, -o is not written),
+    then rerun with --resume; the bytes of the final checkpoint."""
+    settings = {**(RUN if run is None else run), **kw}
+    previous = progress.set_reporter(stopper)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            api.finetune(str(model), output=out, **settings)
+    finally:
+        progress.set_reporter(previous)
+    assert not out.exists() and out.with_name(out.name.replace(".safetensors", ".last.safetensors")).exists()
+    api.finetune(str(model), output=out, resume=True, **settings)
+    return out.read_bytes()
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "ft.safetensors"
@@ -101,17 +116,8 @@ SLOW = pytest.mark.slow  # the fast suite keeps one case of each family
 @pytest.mark.parametrize("epoch, after", [pytest.param(1, 1, marks=SLOW), (2, 2), pytest.param(3, 3, marks=SLOW)])
 def test_ctrl_c_then_resume_is_bit_identical(tmp_path, reference, epoch, after):
     ref, _ = reference
-    out = tmp_path / "ft.safetensors"
     kw = dict(schedule="step:2", optimizer="sgd", lr=0.01, label_smoothing=0.1, clip_grad=5.0, shift=2)
-    previous = progress.set_reporter(StopAt(epoch, after))
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _run(out, **kw)
-    finally:
-        progress.set_reporter(previous)
-    assert not out.exists() and out.with_name("ft.last.safetensors").exists()
-    _run(out, resume=True, **kw)
-    assert out.read_bytes() == ref.read_bytes()
+    assert interrupted_then_resumed(tmp_path / "ft.safetensors", StopAt(epoch, after), **kw) == ref.read_bytes()
 
 
 def test_resume_refuses_another_run(tmp_path):
@@ -261,15 +267,7 @@ def test_amp_ema_channels_last_train_and_resume_bit_identically(tmp_path, opts):
     ref = tmp_path / "ref.safetensors"
     _, doc = _run(ref, **kw)
     assert doc["final"]["val_top1"] > 0.8, doc["final"]
-    out = tmp_path / "job.safetensors"
-    previous = progress.set_reporter(StopAt(2, 1))
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _run(out, **kw)
-    finally:
-        progress.set_reporter(previous)
-    _run(out, resume=True, **kw)
-    assert out.read_bytes() == ref.read_bytes()
+    assert interrupted_then_resumed(tmp_path / "job.safetensors", StopAt(2, 1), **kw) == ref.read_bytes()
 
 
 def test_ema_result_is_the_average(tmp_path):
@@ -311,15 +309,7 @@ def test_augmentations_train_and_resume_bit_identically(tmp_path, augment):
     ref = tmp_path / "ref.safetensors"
     _, doc = _run(ref, **kw)
     assert doc["augment"] == augment
-    out = tmp_path / "job.safetensors"
-    previous = progress.set_reporter(StopAt(2, 1))
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _run(out, **kw)
-    finally:
-        progress.set_reporter(previous)
-    _run(out, resume=True, **kw)
-    assert out.read_bytes() == ref.read_bytes()
+    assert interrupted_then_resumed(tmp_path / "job.safetensors", StopAt(2, 1), **kw) == ref.read_bytes()
 
 
 @pytest.mark.filterwarnings("ignore:.*random weights")
