@@ -441,7 +441,8 @@ def finetune(
     Returns the trained bundle (its manifest records the run, its history, the data's class names and the
     lineage) and a report; with ``output`` the checkpoint is written, and after every epoch the training state
     (``OUT.last.safetensors``: ``resume=True`` continues from it, bit-identically on CPU), the best model by
-    validation top-1 (``OUT.best.safetensors``) and the log (``OUT.log.jsonl``)."""
+    the validation metric — top-1, MAP@R for metric losses — (``OUT.best.safetensors``) and the log
+    (``OUT.log.jsonl``)."""
     import dataclasses
 
     from .io.atomic import check_output, check_suffix

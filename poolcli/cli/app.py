@@ -176,7 +176,10 @@ def _raise_on_sigterm() -> tuple[list[bool], object]:
 
 def _interrupted(terminated: list[bool]) -> int:
     what = "terminated (SIGTERM)" if terminated else "interrupted"
-    common.error_line(f"{what}; outputs were left as they were (collect --checkpoint-every keeps its partial)")
+    common.error_line(
+        f"{what}; outputs were left as they were (collect --checkpoint-every keeps its partial; finetune keeps "
+        "OUT.last.safetensors for --resume)"
+    )
     return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 

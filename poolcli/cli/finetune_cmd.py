@@ -44,8 +44,9 @@ def finetune_cmd(
         typer.Option(
             "--schedule",
             metavar="KIND",
-            help="cosine (to 0 per step), step:E1,E2 (×0.1 from those epochs), constant, or plateau[:P] (×0.1 after "
-            "P epochs without a better validation top-1, or training loss without --val).",
+            help="cosine (to 0 per step), step:E1,E2 (×0.1 from those 1-based epochs), constant, or plateau[:P] (×0.1 "
+            "after more than P epochs without a better validation metric — top-1, MAP@R for metric losses — or "
+            "training loss without --val).",
         ),
     ] = "cosine",
     warmup: Annotated[int, typer.Option("--warmup", metavar="EPOCHS", help="Linear warmup, per step.")] = 0,
@@ -163,8 +164,9 @@ def finetune_cmd(
     json_out: JsonOpt = False,
     model_opts: dict | None = None,
 ) -> None:
-    """Fine-tune a model (cross-entropy) and write a checkpoint with the same swaps; the training state, the best
-    model (with --val) and a per-epoch log are written beside it after every epoch.
+    """Fine-tune a model (cross-entropy or a metric-learning loss) and write a checkpoint with the same swaps; the
+    training state, the best model (with --val or --holdout) and a per-epoch log are written beside it after every
+    epoch.
 
     Example: poolcli finetune learned.safetensors --data digits:train --val digits:test --epochs 30
     -o learned-ft.safetensors

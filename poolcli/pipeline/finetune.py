@@ -116,6 +116,20 @@ class FinetuneConfig:
         parse_augment(self.augment)
         if self.augment != "none" and self.shift:
             raise BadInputError("--shift N is --augment shift:N: give one of them")
+        if self.optimizer != "sgd" and (self.nesterov or self.momentum != 0.9):
+            raise BadInputError("--momentum and --nesterov are SGD's: use them with --optimizer sgd")
+        if self.nesterov and self.momentum == 0:
+            raise BadInputError("--nesterov needs momentum: give --momentum > 0")
+        if self.loss != "ce" and self.label_smoothing:
+            raise BadInputError("--label-smoothing is cross-entropy's: drop it with a metric-learning --loss")
+        if self.loss == "ce" and self.classes_per_batch is not None and self.per_class is None:
+            raise BadInputError("--classes-per-batch makes P×K batches with --per-class K: give --per-class too")
+        if self.per_class == 1 and self.loss not in ("ce", "proxyanchor", "normsoftmax", "arcface", "softtriple"):
+            raise BadInputError(f"--loss {self.loss} needs pairs of a class in a batch: give --per-class ≥ 2")
+        if self.loss != "ce" and self.zsr_weight > 1:
+            raise BadInputError("--zsr-weight w mixes (1−w)·L_DML + w·L_ZSR for metric losses: give w in [0, 1]")
+        if self.from_scratch and self.only_pools:
+            raise BadInputError("--from-scratch --only-pools would train the pooling inside a random network: drop one")
         if self.amp not in (None, "bf16", "fp16"):
             raise BadInputError(f"--amp must be bf16 or fp16, not {self.amp!r}")
         if self.ema is not None and not (math.isfinite(self.ema) and 0 < self.ema < 1):
@@ -129,6 +143,8 @@ class FinetuneConfig:
             if not (math.isfinite(self.holdout) and 0 < self.holdout <= 0.5):
                 raise BadInputError(f"--holdout must be a fraction in (0, 0.5], got {self.holdout}")
             k = round(1 / self.holdout)
+            if abs(1 / self.holdout - k) > 1e-6:
+                raise BadInputError(f"--holdout {self.holdout} is not 1/K: give 0.5, 0.25, 0.2, 0.1 ... (K folds)")
             if not 0 <= self.fold < k:
                 raise BadInputError(
                     f"--fold must be in 0..{k - 1} for --holdout {self.holdout} ({k} folds), got {self.fold}"
@@ -141,8 +157,9 @@ class FinetuneConfig:
 
 def run_files(output: Any) -> dict[str, Any]:
     """The files a fine-tune writes beside ``-o OUT.safetensors``: the training state after every epoch
-    (``OUT.last.safetensors``, what ``--resume`` reads), the best model by validation top-1
-    (``OUT.best.safetensors``, with ``--val``) and the per-epoch log (``OUT.log.jsonl``)."""
+    (``OUT.last.safetensors``, what ``--resume`` reads), the best model by the validation metric — top-1, or MAP@R
+    for metric losses — (``OUT.best.safetensors``, with ``--val``/``--holdout``) and the per-epoch log
+    (``OUT.log.jsonl``)."""
     from pathlib import Path
 
     if output is None:
@@ -217,6 +234,7 @@ def finetune(
         m = evaluate_classifier(bundle.module, make_loader(val, cfg.batch_size, cfg.workers), dev)
         return {"val_top1": m["top1"], "val_loss": m["loss"]}
 
+    _init_gsp(bundle, pools, cfg)
     extra_loss, zsr_modules, zsr_losses = _zsr(bundle, pools, cfg, len(train.classes), groups, dev)
     learner = _MetricLearning(bundle, cfg, train, val, groups, dev) if metric_learning else None
     extra_modules = zsr_losses + ([learner.criterion] if learner is not None else [])
@@ -242,6 +260,12 @@ def finetune(
         only=pools if cfg.only_pools else None,
     )
     setup.rank, setup.world = init_distributed()
+    setup.lr = cfg.lr
+    if setup.world > 1 and min(setup.batch_size, len(train)) < setup.world:
+        raise BadInputError(
+            f"a global batch of {min(setup.batch_size, len(train))} cannot be split over {setup.world} ranks: give "
+            "--batch-size (and data) of at least the number of ranks"
+        )
     if cfg.sync_bn:  # torch's SyncBatchNorm: statistics over the global batch (GPU ranks only)
         if setup.world < 2 or dev.type != "cuda":
             raise BadInputError(
@@ -388,8 +412,52 @@ def _resume(path, bundle: ModelBundle, optimizer, extra_modules, meta: dict[str,
         schedule.load(saved.get("schedule_state") or {})
     except (KeyError, TypeError, ValueError):
         raise BadInputError(f"{quote(path)} holds a malformed training state; drop --resume to start over") from None
+    _check_progress(progress, saved, path, bundle)
     meta["best"] = saved.get("best")
+    meta["scaler"] = saved.get("scaler")
     return progress
+
+
+def _check_progress(progress: engine.Progress, saved: dict[str, Any], path, bundle: ModelBundle) -> None:
+    """A state's numbers are untrusted: its position, sums, history and best must be what a run writes."""
+    from ..text import quote
+
+    epochs = int(saved.get("fingerprint", {}).get("epochs", 0))
+    h = progress.history
+    loss, correct, seen = progress.sums
+    best = saved.get("best")
+    ok = (
+        isinstance(saved["progress"].get("epoch"), int)
+        and isinstance(saved["progress"].get("step"), int)
+        and 0 <= progress.epoch <= epochs
+        and progress.step >= 0
+        and (progress.step == 0 or progress.epoch < epochs)
+        and len(h) == progress.epoch
+        and all(isinstance(r, dict) and r.get("epoch") == i + 1 for i, r in enumerate(h))
+        and math.isfinite(loss)
+        and loss >= 0
+        and 0 <= correct <= seen
+        and (best is None or (isinstance(best, dict) and len(best) == 2 and "epoch" in best))
+    )
+    if not ok:
+        raise BadInputError(f"{quote(path)} holds an inconsistent training state; drop --resume to start over")
+
+
+def _init_gsp(bundle: ModelBundle, pools: list, cfg: FinetuneConfig) -> None:
+    """GSP operators whose prototypes are not set yet get them now from the training data (as ``convert
+    --init-data`` does), before the first step: the same on every rank and in a resumed run, and an EMA starts
+    from them (set lazily from the first batches, they were neither)."""
+    gsps = [m for op in pools for m in op.modules() if isinstance(m, GSP)]
+    waiting = [m for m in gsps if not bool(m.initialized)]
+    if not waiting:
+        return
+    from .gspinit import init_gsp_prototypes
+
+    images = max(m.memory_size for m in waiting)
+    try:
+        init_gsp_prototypes(bundle, cfg.data, images=images, batch_size=cfg.batch_size, seed=cfg.seed)
+    except BadInputError as e:
+        raise BadInputError(f"{e}; or set GSP's prototypes first with convert --init-data") from None
 
 
 def _epoch_files(files, p: engine.Progress, timings, meta, manifest_bundle, key: str) -> None:

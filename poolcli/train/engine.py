@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +45,7 @@ class Setup:
     clip_grad: float | None = None
     drop_last: bool = True
     only: list[nn.Module] | None = None  # train only these modules: the rest stays in eval mode (frozen BN statistics)
+    lr: float | None = None  # the base lr (what the log's lr column scales)
     rank: int = 0
     world: int = 1  # torchrun: each global batch is split over the ranks, gradients averaged
     augment: tuple[str, int] = ("none", 0)  # batch-level: ("shift", N) or ("crop-flip", PAD) (data.augment)
@@ -156,60 +159,63 @@ def train(
                 if done:
                     advance(done)
                 for step, (x, y) in enumerate(loader, p.step):
-                    torch.manual_seed(step_seed(setup.seed, epoch, step, "torch"))
-                    gen = torch.Generator().manual_seed(step_seed(setup.seed, epoch, step, "augment"))
-                    total = len(every[step])
-                    part = (total, setup.rank, setup.world) if distributed else None
-                    x = random_shift(x, setup.max_shift, gen, part)
-                    kind, amount = setup.augment
-                    if kind == "shift":
-                        x = random_shift(x, amount, gen, part)
-                    elif kind == "crop-flip":
-                        x = crop_flip(x, amount, setup.fill, gen, part)
-                    x, y = x.to(setup.device), y.to(setup.device)
-                    if setup.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    f = schedule.factor(epoch, step, spe, setup.epochs)
-                    for g, base in zip(optimizer.param_groups, base_lrs):
-                        g["lr"] = base * f
-                    with torch.autocast(setup.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        loss, logits = step_loss(x, y)
-                        if extra_loss is not None:
-                            loss = extra_loss(loss, y)
-                    loss = loss.float()
-                    if not bool(torch.isfinite(loss.detach())):
-                        raise RunError(
-                            f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
-                            f"{float(loss.detach())}; lower --lr, check the images, or start from finite weights "
-                            "(nothing was written)"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    weighted = loss * (y.numel() * setup.world / total) if distributed else loss
-                    # the global batch's mean under torchrun: this rank's mean weighted by its share
-                    (scaler.scale(weighted) if scaler is not None else weighted).backward()
-                    if distributed:
-                        _average_gradients(optimizer)
-                    if scaler is not None:
-                        scaler.unscale_(optimizer)
-                    if setup.clip_grad is not None:
-                        params = [q for g in optimizer.param_groups for q in g["params"] if q.grad is not None]
-                        torch.nn.utils.clip_grad_norm_(params, setup.clip_grad)
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    if distributed:
-                        _broadcast_buffers(module)  # BatchNorm statistics: rank 0's (DDP's broadcast_buffers)
-                    if setup.ema is not None:
-                        setup.ema.update(module, step=epoch * spe + step)
-                    loss_sum += float(loss.detach()) * y.numel()
-                    correct += int((logits.argmax(1) == y).sum()) if logits is not None else 0
-                    seen += int(y.numel())
-                    p.step, p.sums = step + 1, (loss_sum, correct, seen)
-                    advance(int(y.numel()) * setup.world)
-                    note(f"loss {loss_sum / max(seen, 1):.4f}")
+                    with _atomic():  # a signal lands between steps, never inside one
+                        torch.manual_seed(step_seed(setup.seed, epoch, step, "torch"))
+                        gen = torch.Generator().manual_seed(step_seed(setup.seed, epoch, step, "augment"))
+                        total = len(every[step])
+                        part = (total, setup.rank, setup.world) if distributed else None
+                        x = random_shift(x, setup.max_shift, gen, part)
+                        kind, amount = setup.augment
+                        if kind == "shift":
+                            x = random_shift(x, amount, gen, part)
+                        elif kind == "crop-flip":
+                            x = crop_flip(x, amount, setup.fill, gen, part)
+                        x, y = x.to(setup.device), y.to(setup.device)
+                        if setup.channels_last:
+                            x = x.contiguous(memory_format=torch.channels_last)
+                        f = schedule.factor(epoch, step, spe, setup.epochs)
+                        for g, base in zip(optimizer.param_groups, base_lrs):
+                            g["lr"] = base * f
+                        with torch.autocast(setup.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                            loss, logits = step_loss(x, y)
+                            if extra_loss is not None:
+                                loss = extra_loss(loss, y)
+                        loss = loss.float()
+                        if not bool(torch.isfinite(loss.detach())):
+                            raise RunError(
+                                f"training diverged at epoch {epoch + 1}, step {step + 1}: the loss is "
+                                f"{float(loss.detach())}; lower --lr, check the images, or start from finite weights "
+                                "(nothing was written)"
+                            )
+                        optimizer.zero_grad(set_to_none=True)
+                        weighted = loss * (y.numel() * setup.world / total) if distributed else loss
+                        # the global batch's mean under torchrun: this rank's mean weighted by its share
+                        (scaler.scale(weighted) if scaler is not None else weighted).backward()
+                        if distributed:
+                            _average_gradients(optimizer)
+                        if scaler is not None:
+                            scaler.unscale_(optimizer)
+                        if setup.clip_grad is not None:
+                            params = [q for g in optimizer.param_groups for q in g["params"] if q.grad is not None]
+                            torch.nn.utils.clip_grad_norm_(params, setup.clip_grad)
+                        if scaler is not None:
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            optimizer.step()
+                        if distributed:
+                            _broadcast_buffers(module)  # BatchNorm statistics: rank 0's (DDP's broadcast_buffers)
+                        if setup.ema is not None:
+                            setup.ema.update(module, step=epoch * spe + step)
+                        loss_sum += float(loss.detach()) * y.numel()
+                        correct += int((logits.argmax(1) == y).sum()) if logits is not None else 0
+                        seen += int(y.numel())
+                        p.step, p.sums = step + 1, (loss_sum, correct, seen)
+                        advance(int(y.numel()) * setup.world)
+                        note(f"loss {loss_sum / max(seen, 1):.4f}")
         except KeyboardInterrupt:
+            if scaler is not None and state_meta is not None:
+                state_meta["scaler"] = dict(scaler.state_dict())
             if not distributed:  # Ctrl-C / SIGTERM: the state after the last finished step (under torchrun the
                 save()  # epoch's sums live on every rank: the interrupted epoch is recomputed from the last state)
             raise
@@ -219,7 +225,7 @@ def train(
             "epoch": epoch + 1,
             "loss": loss_sum / max(seen, 1),
             **({"train_top1": correct / max(seen, 1)} if step_loss is cross_entropy else {}),
-            "lr": base_lrs[0] * schedule.factor(epoch, spe - 1, spe, setup.epochs),
+            "lr": (setup.lr or base_lrs[0]) * schedule.factor(epoch, spe - 1, spe, setup.epochs),
         }
         p.history.append(rec)
         p.epoch, p.step, p.sums = epoch + 1, 0, (0.0, 0, 0)
@@ -242,6 +248,24 @@ def train(
         module.load_state_dict(setup.ema.module.state_dict())
     module.eval()
     return p
+
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _atomic():
+    """Ctrl-C / SIGTERM held back for the duration of a training step and delivered after it, so an interrupted
+    run's state is always that of a step boundary (a signal inside a forward would already have moved the
+    BatchNorm statistics, one inside Adam's per-parameter loop half the weights)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager

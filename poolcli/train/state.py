@@ -21,6 +21,11 @@ from ..io.tensorfile import read_tensors, write_tensors
 from ..text import quote
 
 FORMAT = "poolcli.train-state/1"
+EXPECTED_STATE = {
+    "Adam": {"step", "exp_avg", "exp_avg_sq"},
+    "AdamW": {"step", "exp_avg", "exp_avg_sq"},
+    "SGD": {"momentum_buffer"},
+}
 
 
 def step_seed(seed: int, epoch: int, step: int, stream: str = "") -> int:
@@ -86,7 +91,21 @@ def load_state(
                 state.setdefault(int(pid), {})[name] = v
         for pid, vals in meta["optimizer"]["scalars"].items():
             state.setdefault(int(pid), {}).update(vals)
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
+        for g, mine in zip(optimizer.param_groups, settings):  # hyperparameters come from this run's options
+            g.update(mine)
+        params = [q for g in optimizer.param_groups for q in g["params"]]
+        for q in params:
+            for name, v in optimizer.state.get(q, {}).items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != q.shape:
+                    raise ValueError(f"optimizer state {name} has shape {list(v.shape)} for a {list(q.shape)} tensor")
+        expected = EXPECTED_STATE.get(type(optimizer).__name__)
+        for st in optimizer.state.values():
+            if expected is not None and not set(st) <= expected:
+                raise ValueError(
+                    f"optimizer state entries {sorted(set(st) - expected)} are not {type(optimizer).__name__}'s"
+                )
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise BadInputError(
