@@ -253,7 +253,6 @@ def finetune(
         seed=cfg.seed,
         device=dev,
         workers=cfg.workers,
-        max_shift=cfg.shift,
         label_smoothing=cfg.label_smoothing,
         clip_grad=cfg.clip_grad,
         drop_last=len(train) > cfg.batch_size,
@@ -276,7 +275,7 @@ def finetune(
     setup.amp, setup.channels_last, setup.ema = cfg.amp, cfg.channels_last, ema
     from ..data.augment import ImagenetTrain, parse_augment
 
-    setup.augment = parse_augment(cfg.augment)
+    setup.augment = ("shift", cfg.shift) if cfg.shift else parse_augment(cfg.augment)  # --shift N = shift:N
     prep = getattr(train, "preprocess", None)
     if setup.augment[0] == "crop-flip":
         setup.fill = (-prep.mean / prep.std).flatten() if prep is not None and hasattr(prep, "mean") else None
@@ -290,6 +289,7 @@ def finetune(
             raise BadInputError("--augment imagenet needs a data spec whose images it can crop (e.g. folder:DIR)")
         train_data = ImagenetTrain(train, cfg.seed)
     batches_of = None
+    pk: tuple[int, int] | None = None  # (P classes, K images) of P×K batches
     if learner is not None or cfg.per_class is not None:
         from ..train.metric import DEFAULT_PER_CLASS, check_pk, pk_batches
 
@@ -298,6 +298,7 @@ def finetune(
         p_classes = cfg.classes_per_batch or max(2, min(present, cfg.batch_size // k))
         check_pk(train.labels, p_classes, k)
         setup.batch_size = p_classes * k
+        pk = (p_classes, k)
 
         def batches_of(epoch: int) -> list[list[int]]:
             return pk_batches(train.labels, p_classes, k, cfg.seed, epoch)
@@ -324,11 +325,7 @@ def finetune(
             "pool_sites": pool_paths,
             "schedule": schedule.describe(),
             "batch": setup.batch_size,
-            **(
-                {"batches": f"P×K: {setup.batch_size // (cfg.per_class or 4)} classes × {cfg.per_class or 4} images"}
-                if batches_of
-                else {}
-            ),
+            **({"batches": f"P×K: {pk[0]} classes × {pk[1]} images"} if pk is not None else {}),
             **({"metric_learning": learner.describe()} if learner is not None else {}),
             "final": history[-1],
             "history": history,

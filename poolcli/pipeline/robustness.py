@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..data.transforms import to_float
 from ..errors import BadInputError, RunError
 from ..metrics import robustness as rm
 from ..models.bundle import ModelBundle
@@ -331,10 +332,6 @@ class _Models:
         return logits
 
 
-def _float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-
-
 def run(
     bundles: Sequence[ModelBundle],
     ds: Dataset,
@@ -402,7 +399,7 @@ def _corruptions(plan, models, recs, pix, y, idx, gen_s, shown) -> None:
         for si, sev in enumerate(plan.severities):
             t0 = time.perf_counter()
             if pix is None:
-                xc = _float(plan.corruption_arrays.images(name, sev, idx))
+                xc = to_float(plan.corruption_arrays.images(name, sev, idx))
             else:
                 xc = C.corrupt(name, pix, sev, image_seeds(plan.seed, f"{name}/{sev}", idx), plan.table)
             gen_s[f"corruption/{name}"] += time.perf_counter() - t0
@@ -426,7 +423,7 @@ def _perturbations(plan, models, recs, pix, idx, gen_s, shown) -> None:
     for pi, name in enumerate(plan.perturbations):
         t0 = time.perf_counter()
         if pix is None:
-            seq = _float(plan.perturbation_arrays.sequences(name, idx))
+            seq = to_float(plan.perturbation_arrays.sequences(name, idx))
         else:
             seq = P.sequence(name, pix, image_seeds(plan.seed, name, idx), plan.table)
         gen_s[f"perturbation/{name}"] += time.perf_counter() - t0

@@ -40,7 +40,6 @@ class Setup:
     seed: int
     device: torch.device
     workers: int = 0
-    max_shift: int = 0
     label_smoothing: float = 0.0
     clip_grad: float | None = None
     drop_last: bool = True
@@ -164,7 +163,6 @@ def train(
                         gen = torch.Generator().manual_seed(step_seed(setup.seed, epoch, step, "augment"))
                         total = len(every[step])
                         part = (total, setup.rank, setup.world) if distributed else None
-                        x = random_shift(x, setup.max_shift, gen, part)
                         kind, amount = setup.augment
                         if kind == "shift":
                             x = random_shift(x, amount, gen, part)
